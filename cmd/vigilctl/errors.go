@@ -61,7 +61,7 @@ func classify(err error) (int, string) {
 func requireFlags(c *cli.Context, names ...string) error {
 	for _, n := range names {
 		if !c.IsSet(n) {
-			return usageError{fmt.Sprintf("%s: --%s is required", c.Command.FullName(), n)}
+			return usageError{fmt.Sprintf("%s: --%s is required", commandName(c), n)}
 		}
 	}
 	return nil
@@ -71,7 +71,12 @@ func requireFlags(c *cli.Context, names ...string) error {
 // were given.
 func requireArgs(c *cli.Context, n int, what string) error {
 	if c.NArg() != n {
-		return usageError{fmt.Sprintf("%s: want %s", c.Command.FullName(), what)}
+		return usageError{fmt.Sprintf("%s: want %s", commandName(c), what)}
 	}
 	return nil
+}
+
+// commandName is the command's path below vigilctl, e.g. "agents revoke".
+func commandName(c *cli.Context) string {
+	return strings.TrimPrefix(c.Command.HelpName, c.App.Name+" ")
 }

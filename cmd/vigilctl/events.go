@@ -130,7 +130,7 @@ func eventPrinter(w io.Writer, asJSON bool) func(*vigilpb.Event) error {
 		if agent == "" {
 			agent = "server"
 		}
-		_, err := fmt.Fprintf(w, "%-23s  %-12s  %-11s  %s\n", nanoTime(ev.GetTimeUnixNano()), agent,
+		_, err := fmt.Fprintf(w, "%-23s  %-12s  %-11s  %s\n", orDash(nanoTime(ev.GetTimeUnixNano())), agent,
 			enumName(ev.GetKind().String(), "EVENT_KIND_"), eventSummary(ev))
 		return err
 	}

@@ -76,16 +76,22 @@ func newTable(w io.Writer, header ...string) *table {
 
 func (t *table) row(cells ...string) {
 	for i, c := range cells {
-		if c == "" {
-			cells[i] = "-"
-		}
+		cells[i] = orDash(c)
 	}
 	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
 }
 
 func (t *table) flush() error { return t.tw.Flush() }
 
-// unixTime formats seconds since the epoch ("-" for zero).
+// orDash returns s, or "-" for an empty cell.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// unixTime formats seconds since the epoch ("" for zero).
 func unixTime(sec int64) string {
 	if sec == 0 {
 		return ""
