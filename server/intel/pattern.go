@@ -136,6 +136,9 @@ func (p *patternParser) expectOr(context string) error {
 	case "AND", "FOLLOWEDBY", "WITHIN", "REPEATS", "START", "STOP":
 		return fmt.Errorf("%w: %s %s", errUnsupported, w, context)
 	case "":
+		if p.done() {
+			return fmt.Errorf("%w: unexpected end %s", errSyntax, context)
+		}
 		return fmt.Errorf("%w: unexpected %q at offset %d", errSyntax, p.s[at:at+1], at)
 	default:
 		return fmt.Errorf("%w: unexpected %q %s", errSyntax, w, context)
@@ -200,7 +203,7 @@ func (p *patternParser) word() string {
 }
 
 // str reads a single-quoted string constant with \' and \\ escapes. Other
-// constants (numbers, h'', b'', t'', lists) are unsupported.
+// constants (numbers, hex, binary, timestamps, lists) are unsupported.
 func (p *patternParser) str() (string, error) {
 	if p.done() {
 		return "", fmt.Errorf("%w: expected a string at offset %d", errSyntax, p.pos)
