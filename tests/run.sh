@@ -36,9 +36,9 @@ start() {
 	local logfile=$1
 	shift
 	if command -v setsid >/dev/null; then
-		setsid "$@" >>"$logfile" 2>&1 &
+		setsid "$@" >"$logfile" 2>&1 &
 	else
-		"$@" >>"$logfile" 2>&1 &
+		"$@" >"$logfile" 2>&1 &
 	fi
 }
 
