@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
+/* Counting and event emission shared by every program. */
+#ifndef VIGIL_EVENTS_H
+#define VIGIL_EVENTS_H
+
+#include "maps.h"
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&counters, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+/* reserve_event takes a zeroed ring buffer record, or counts a loss and
+ * returns NULL when the ring buffer is full. */
+static __always_inline struct vigil_event *reserve_event(__u8 kind)
+{
+	struct vigil_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count(COUNTER_EVENTS_LOST);
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = kind;
+	e->time_ns = bpf_ktime_get_boot_ns();
+	return e;
+}
+
+static __always_inline void submit_event(struct vigil_event *e)
+{
+	bpf_ringbuf_submit(e, 0);
+	count(COUNTER_EVENTS_EMITTED);
+}
+
+/* new_encode_dev turns a kernel dev_t into the st_dev user space sees. */
+static __always_inline __u64 encode_dev(dev_t dev)
+{
+	__u32 major = dev >> 20, minor = dev & 0xfffff;
+
+	return (minor & 0xff) | (major << 8) | ((__u64)(minor & ~0xff) << 12);
+}
+
+/* fill_task records who a task is: ids, start times, executable. */
+static __always_inline void fill_task(struct vigil_event *e, struct task_struct *t)
+{
+	struct task_struct *leader = t->group_leader;
+	struct task_struct *parent = t->real_parent;
+	struct file *exe = t->mm ? t->mm->exe_file : NULL;
+
+	e->pid = t->tgid;
+	e->tid = t->pid;
+	e->start_ns = leader->start_time;
+	e->ppid = parent->tgid;
+	e->parent_start_ns = parent->group_leader->start_time;
+	e->uid = t->cred->uid.val;
+	e->gid = t->cred->gid.val;
+	e->cgroup_id = t->cgroups->dfl_cgrp->kn->id;
+	if (exe) {
+		e->exe_dev = encode_dev(exe->f_inode->i_sb->s_dev);
+		e->exe_ino = exe->f_inode->i_ino;
+	}
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), t->comm);
+}
+
+#endif /* VIGIL_EVENTS_H */
