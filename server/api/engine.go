@@ -44,6 +44,14 @@ type Engine interface {
 	Explain(req *vigilpb.ExplainRequest) (*vigilpb.ExplainResponse, error)
 	// Level returns an entity's current level.
 	Level(entity string) string
+
+	// Cut records that an agent's connections to peer ("IP" or "IP:PORT")
+	// are cut: the peer joins the agent's table (cut_peers) and stays there,
+	// across reconnects, until Restore. The transport sends the matching
+	// instruction itself.
+	Cut(ctx context.Context, agent, peer string) error
+	// Restore removes peer from the agent's cut_peers.
+	Restore(ctx context.Context, agent, peer string) error
 }
 
 // Sink is how the engine reaches agents and the event record. The transport
