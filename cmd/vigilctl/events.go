@@ -65,6 +65,9 @@ func events(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Bool("follow") && c.IsSet("limit") {
+		return usageError{"events: --limit applies to stored events, not to --follow"}
+	}
 	s, err := connect(c)
 	if err != nil {
 		return err

@@ -460,6 +460,8 @@ func TestUsageErrors(t *testing.T) {
 		{name: "kill without pid", args: []string{"kill", "--agent", "a"}, stderr: "vigilctl: kill: --pid is required\n"},
 		{name: "bad output", args: []string{"agents", "list", "-o", "yaml"}, stderr: "vigilctl: unknown output format \"yaml\""},
 		{name: "bad kind", args: []string{"events", "--kind", "dance"}, stderr: "vigilctl: events: unknown kind \"dance\""},
+		{name: "follow with limit", args: []string{"events", "--follow", "--limit", "3"},
+			stderr: "vigilctl: events: --limit applies to stored events, not to --follow\n"},
 		{name: "bad entity kind", args: []string{"entities", "list", "--kind", "robot"}, stderr: "vigilctl: entities list: unknown kind"},
 		{name: "bad dest", args: []string{"explain", "--agent", "a", "--pid", "1", "--dest", "10.0.0.9"},
 			stderr: "vigilctl: explain: --dest \"10.0.0.9\": want IP:PORT\n"},
