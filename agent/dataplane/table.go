@@ -1,0 +1,400 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+)
+
+// Limits of one table, as sized in bpf/common.h and bpf/maps.h.
+const (
+	maxRulesPerPrefix   = 32
+	maxProtectedRanges  = 16
+	maxQuarantineExempt = 8
+	maxPrefixes         = 256 * 1024
+	maxRuleSlots        = 512 * 1024
+)
+
+// ApplyTable replaces the enforced table. The new table is written into the
+// inactive slot's fresh maps and made live by one write of active_slot, so
+// no connection is judged against a partly written table. An invalid table
+// changes nothing and the error names the offending rule.
+//
+// A rule with PortMin and PortMax both 0 covers every port. A zero
+// DefaultEgress allows. Cut peers of the table are blocked and their open
+// sockets destroyed; peers the previous table cut and this one does not are
+// restored, while peers cut by Cut stay cut until Restore.
+func (d *Dataplane) ApplyTable(t Table) error {
+	settings, err := compileSettings(t)
+	if err != nil {
+		return err
+	}
+	egress, err := compileEgress(t.Egress)
+	if err != nil {
+		return err
+	}
+	ingress, err := compileIngress(t.Ingress)
+	if err != nil {
+		return err
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.swapTables(settings, egress, ingress); err != nil {
+		return err
+	}
+	if err := d.syncKillOnExec(t.KillOnExec); err != nil {
+		return err
+	}
+	return d.syncTableCuts(t.Cut)
+}
+
+func compileSettings(t Table) (*bpfTableSettings, error) {
+	s := &bpfTableSettings{DefaultEgress: uint8(t.DefaultEgress)}
+	if t.DefaultEgress > VerdictAudit {
+		return nil, fmt.Errorf("table default egress: invalid verdict %d", t.DefaultEgress)
+	}
+	if t.Quarantined {
+		s.Quarantined = 1
+	}
+	if len(t.QuarantineExempt) > maxQuarantineExempt {
+		return nil, fmt.Errorf("table quarantine exempt: %d prefixes, at most %d: %w",
+			len(t.QuarantineExempt), maxQuarantineExempt, ErrTableTooLarge)
+	}
+	for i, p := range t.QuarantineExempt {
+		key, err := prefixKey(p)
+		if err != nil {
+			return nil, fmt.Errorf("table quarantine exempt %d: %w", i, err)
+		}
+		s.Exempt[i] = key
+	}
+	s.ExemptCount = uint8(len(t.QuarantineExempt))
+	return s, compileProtected(s, t.ProtectedPorts)
+}
+
+func compileProtected(s *bpfTableSettings, ranges []PortRange) error {
+	if len(ranges) > maxProtectedRanges {
+		return fmt.Errorf("table protected ports: %d ranges, at most %d: %w",
+			len(ranges), maxProtectedRanges, ErrTableTooLarge)
+	}
+	for i, r := range ranges {
+		lo, hi, err := portRange(r.Min, r.Max)
+		if err == nil {
+			err = checkProtoVerdict(r.Proto, r.Default)
+		}
+		if err != nil {
+			return fmt.Errorf("table protected ports %d: %w", i, err)
+		}
+		s.Protected[i] = bpfPortRange{Min: lo, Max: hi, Proto: uint8(r.Proto), DefaultVerdict: uint8(r.Default)}
+	}
+	s.ProtectedCount = uint8(len(ranges))
+	return nil
+}
+
+func portRange(lo, hi uint16) (uint16, uint16, error) {
+	if lo == 0 && hi == 0 {
+		return 0, 65535, nil
+	}
+	if lo > hi {
+		return 0, 0, fmt.Errorf("port range %d-%d is empty", lo, hi)
+	}
+	return lo, hi, nil
+}
+
+func checkProtoVerdict(p Protocol, v Verdict) error {
+	if p < ProtoAny || p > ProtoUDP {
+		return fmt.Errorf("invalid protocol %d", p)
+	}
+	if v < VerdictAllow || v > VerdictAudit {
+		return fmt.Errorf("invalid verdict %d", v)
+	}
+	return nil
+}
+
+// prefixKey turns a prefix into the trie key: IPv4 as IPv4-mapped IPv6.
+func prefixKey(p netip.Prefix) (bpfPrefixKey, error) {
+	if !p.IsValid() {
+		return bpfPrefixKey{}, fmt.Errorf("invalid prefix %q", p)
+	}
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return bpfPrefixKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}, nil
+}
+
+// spanTable is a compiled prefix trie with its rules array.
+type spanTable[R any] struct {
+	keys  []bpfPrefixKey
+	spans []bpfRuleSpan
+	rules []R
+}
+
+// buildSpans groups rules by prefix and gives each prefix the span of its
+// own rules followed by those of every shorter prefix covering it, in table
+// order, so the longest-prefix match alone finds every candidate rule.
+func buildSpans[R any](prefixes []netip.Prefix, rules []R, ids []uint32) (spanTable[R], error) {
+	groups := map[bpfPrefixKey][]int{}
+	var order []bpfPrefixKey
+	for i, p := range prefixes {
+		key, err := prefixKey(p)
+		if err != nil {
+			return spanTable[R]{}, fmt.Errorf("rule %d: %w", ids[i], err)
+		}
+		if _, ok := groups[key]; !ok {
+			order = append(order, key)
+		}
+		groups[key] = append(groups[key], i)
+	}
+	if len(order) > maxPrefixes {
+		return spanTable[R]{}, fmt.Errorf("%d prefixes, at most %d: %w", len(order), maxPrefixes, ErrTableTooLarge)
+	}
+	return fillSpans(groups, order, rules, ids)
+}
+
+func fillSpans[R any](groups map[bpfPrefixKey][]int, order []bpfPrefixKey, rules []R, ids []uint32) (spanTable[R], error) {
+	lengths := distinctLengths(order)
+	out := spanTable[R]{keys: order, spans: make([]bpfRuleSpan, 0, len(order))}
+	for _, key := range order {
+		idx := coveringRules(groups, key, lengths)
+		if len(idx) > maxRulesPerPrefix {
+			return out, fmt.Errorf("rule %d: %d rules apply to one prefix, at most %d: %w",
+				ids[groups[key][0]], len(idx), maxRulesPerPrefix, ErrTableTooLarge)
+		}
+		out.spans = append(out.spans, bpfRuleSpan{First: uint32(len(out.rules)), Count: uint32(len(idx))})
+		for _, i := range idx {
+			out.rules = append(out.rules, rules[i])
+		}
+	}
+	if len(out.rules) > maxRuleSlots {
+		return out, fmt.Errorf("%d rule slots, at most %d: %w", len(out.rules), maxRuleSlots, ErrTableTooLarge)
+	}
+	return out, nil
+}
+
+// distinctLengths lists the prefix lengths in use, longest first.
+func distinctLengths(keys []bpfPrefixKey) []uint32 {
+	var ls []uint32
+	for _, k := range keys {
+		if !slices.Contains(ls, k.Prefixlen) {
+			ls = append(ls, k.Prefixlen)
+		}
+	}
+	slices.Sort(ls)
+	slices.Reverse(ls)
+	return ls
+}
+
+// coveringRules lists the rules of key, then of each shorter covering prefix.
+func coveringRules(groups map[bpfPrefixKey][]int, key bpfPrefixKey, lengths []uint32) []int {
+	out := slices.Clone(groups[key])
+	addr := netip.AddrFrom16(key.Addr)
+	for _, l := range lengths {
+		if l >= key.Prefixlen {
+			continue
+		}
+		p, _ := addr.Prefix(int(l))
+		out = append(out, groups[bpfPrefixKey{Prefixlen: l, Addr: p.Addr().As16()}]...)
+	}
+	return out
+}
+
+func compileEgress(rules []EgressRule) (spanTable[bpfEgressRule], error) {
+	prefixes := make([]netip.Prefix, len(rules))
+	out := make([]bpfEgressRule, len(rules))
+	ids := make([]uint32, len(rules))
+	for i, r := range rules {
+		c, err := compileEgressRule(r)
+		if err != nil {
+			return spanTable[bpfEgressRule]{}, fmt.Errorf("egress rule %d: %w", r.RuleID, err)
+		}
+		prefixes[i], out[i], ids[i] = r.Dest, c, r.RuleID
+	}
+	t, err := buildSpans(prefixes, out, ids)
+	if err != nil {
+		return t, fmt.Errorf("egress %w", err)
+	}
+	return t, nil
+}
+
+func compileEgressRule(r EgressRule) (bpfEgressRule, error) {
+	lo, hi, err := portRange(r.PortMin, r.PortMax)
+	if err == nil {
+		err = checkProtoVerdict(r.Proto, r.Verdict)
+	}
+	c := bpfEgressRule{RuleId: r.RuleID, PortMin: lo, PortMax: hi, Proto: uint8(r.Proto), Verdict: uint8(r.Verdict)}
+	if r.Subject.UID != nil {
+		c.Match |= matchUID
+		c.Uid = *r.Subject.UID
+	}
+	if r.Subject.Exec != nil {
+		c.Match |= matchExe
+		c.ExeDev, c.ExeIno = r.Subject.Exec.Dev, r.Subject.Exec.Ino
+	}
+	if r.Subject.CgroupID != 0 {
+		c.Match |= matchCgroup
+		c.CgroupId = r.Subject.CgroupID
+	}
+	return c, err
+}
+
+// Match flags of bpfEgressRule.Match (MATCH_* in bpf/common.h).
+const (
+	matchUID    = 1 << 0
+	matchExe    = 1 << 1
+	matchCgroup = 1 << 2
+)
+
+func compileIngress(rules []IngressRule) (spanTable[bpfIngressRule], error) {
+	prefixes := make([]netip.Prefix, len(rules))
+	out := make([]bpfIngressRule, len(rules))
+	ids := make([]uint32, len(rules))
+	for i, r := range rules {
+		lo, hi, err := portRange(r.PortMin, r.PortMax)
+		if err == nil {
+			err = checkProtoVerdict(r.Proto, r.Verdict)
+		}
+		if err != nil {
+			return spanTable[bpfIngressRule]{}, fmt.Errorf("ingress rule %d: %w", r.RuleID, err)
+		}
+		prefixes[i], ids[i] = r.Peer, r.RuleID
+		out[i] = bpfIngressRule{RuleId: r.RuleID, PortMin: lo, PortMax: hi, Proto: uint8(r.Proto), Verdict: uint8(r.Verdict)}
+	}
+	t, err := buildSpans(prefixes, out, ids)
+	if err != nil {
+		return t, fmt.Errorf("ingress %w", err)
+	}
+	return t, nil
+}
+
+// swapTables fills fresh inner maps for the inactive slot and flips
+// active_slot to it. The caller holds d.mu.
+func (d *Dataplane) swapTables(s *bpfTableSettings, eg spanTable[bpfEgressRule], in spanTable[bpfIngressRule]) error {
+	var active uint32
+	if err := d.objs.ActiveSlot.Lookup(uint32(0), &active); err != nil {
+		return fmt.Errorf("read active_slot: %w", err)
+	}
+	slot := 1 - active&1
+	var prev bpfTableSettings
+	_ = d.objs.Settings.Lookup(active&1, &prev)
+	s.Generation = prev.Generation + 1
+
+	if err := fillSlot(d.spec, bpfMapEgressPrefixes, bpfMapEgressRules, d.objs.EgressPrefixes, d.objs.EgressRules, slot, eg); err != nil {
+		return fmt.Errorf("write egress table: %w", err)
+	}
+	if err := fillSlot(d.spec, bpfMapIngressPrefixes, bpfMapIngressRules, d.objs.IngressPrefixes, d.objs.IngressRules, slot, in); err != nil {
+		return fmt.Errorf("write ingress table: %w", err)
+	}
+	if err := d.objs.Settings.Put(slot, s); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	if err := d.objs.ActiveSlot.Put(uint32(0), slot); err != nil {
+		return fmt.Errorf("write active_slot: %w", err)
+	}
+	return nil
+}
+
+// fillSlot creates and fills one trie and its rules array and installs both
+// at slot of their outer maps, which then hold the only references.
+func fillSlot[R any](spec *ebpf.CollectionSpec, trieName, rulesName string, trieOuter, rulesOuter *ebpf.Map,
+	slot uint32, t spanTable[R]) error {
+	trie, err := newInner(spec.Maps[trieName].InnerMap, len(t.keys), false)
+	if err != nil {
+		return err
+	}
+	defer trie.Close()
+	rules, err := newInner(spec.Maps[rulesName].InnerMap, len(t.rules), true)
+	if err != nil {
+		return err
+	}
+	defer rules.Close()
+
+	if err := putAll(trie, t.keys, t.spans); err != nil {
+		return fmt.Errorf("fill prefixes: %w", err)
+	}
+	if err := putAll(rules, indices(len(t.rules)), t.rules); err != nil {
+		return fmt.Errorf("fill rules: %w", err)
+	}
+	if err := trieOuter.Put(slot, trie); err != nil {
+		return fmt.Errorf("install prefixes: %w", err)
+	}
+	if err := rulesOuter.Put(slot, rules); err != nil {
+		return fmt.Errorf("install rules: %w", err)
+	}
+	return nil
+}
+
+// newInner creates an inner map from a template; sized arrays take exactly
+// n entries (at least one).
+func newInner(tmpl *ebpf.MapSpec, n int, sized bool) (*ebpf.Map, error) {
+	tmpl = tmpl.Copy()
+	if sized {
+		tmpl.MaxEntries = uint32(max(n, 1))
+	}
+	tmpl.Pinning = ebpf.PinNone
+	m, err := ebpf.NewMap(tmpl)
+	if err != nil {
+		return nil, fmt.Errorf("create inner map: %w", err)
+	}
+	return m, nil
+}
+
+func indices(n int) []uint32 {
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = uint32(i)
+	}
+	return out
+}
+
+// putAll writes keys and values in batches, one by one where the map type
+// has no batch update.
+func putAll[K, V any](m *ebpf.Map, keys []K, values []V) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := m.BatchUpdate(keys, values, nil)
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return err
+	}
+	for i := range keys {
+		if err := m.Put(&keys[i], &values[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncKillOnExec makes kill_on_exec hold exactly ids. The caller holds d.mu.
+func (d *Dataplane) syncKillOnExec(ids []ExecIdentity) error {
+	want := map[bpfExeKey]bool{}
+	for _, id := range ids {
+		want[bpfExeKey{Dev: id.Dev, Ino: id.Ino}] = true
+	}
+	var key bpfExeKey
+	var stale []bpfExeKey
+	it := d.objs.KillOnExec.Iterate()
+	for it.Next(&key, new(uint8)) {
+		if !want[key] {
+			stale = append(stale, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read kill_on_exec: %w", err)
+	}
+	for _, k := range stale {
+		if err := d.objs.KillOnExec.Delete(&k); err != nil {
+			return fmt.Errorf("delete kill_on_exec: %w", err)
+		}
+	}
+	for k := range want {
+		if err := d.objs.KillOnExec.Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("write kill_on_exec: %w", err)
+		}
+	}
+	return nil
+}
