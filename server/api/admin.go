@@ -118,7 +118,7 @@ func (s *Server) QueryEvents(_ context.Context, req *vigilpb.QueryEventsRequest)
 func (s *Server) FollowEvents(req *vigilpb.FollowEventsRequest, stream vigilpb.AdminService_FollowEventsServer) error {
 	s.audit(stream.Context(), vigilpb.AdminService_FollowEvents_FullMethodName, req, nil)
 	f := store.EventFilter{Agent: req.GetAgent(), Kinds: req.GetKinds()}
-	sub := s.cfg.Hub.Subscribe(f.Match, followBuffer)
+	sub := s.cfg.Dispatcher.hub.Subscribe(f.Match, followBuffer)
 	defer sub.Close()
 	for {
 		select {

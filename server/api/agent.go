@@ -228,7 +228,7 @@ func (s *Server) ingest(ctx context.Context, sess *session, evs []*vigilpb.Event
 	}
 	for _, ev := range stored {
 		s.cfg.Metrics.EventStored(ev.GetKind())
-		s.cfg.Hub.Publish(ev)
+		s.cfg.Dispatcher.hub.Publish(ev)
 	}
 	sess.send(&vigilpb.ServerMessage{Body: &vigilpb.ServerMessage_EventsAck{EventsAck: &vigilpb.EventsAck{Seq: mark}}})
 	return nil

@@ -114,20 +114,38 @@ func shortMethod(full string) string {
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	ctx, err := authorize(ctx, info.FullMethod)
+	actx, err := authorize(ctx, info.FullMethod)
 	if err != nil {
+		s.auditRefusal(ctx, info.FullMethod, req, err)
 		return nil, err
 	}
-	resp, err := handler(ctx, req)
-	if strings.HasPrefix(info.FullMethod, "/"+vigilpb.AdminService_ServiceDesc.ServiceName+"/") {
-		s.audit(ctx, info.FullMethod, req, err)
+	resp, err := handler(actx, req)
+	if isAdminMethod(info.FullMethod) {
+		s.audit(actx, info.FullMethod, req, err)
 	}
 	return resp, err
+}
+
+func isAdminMethod(method string) bool {
+	return strings.HasPrefix(method, "/"+vigilpb.AdminService_ServiceDesc.ServiceName+"/")
+}
+
+// auditRefusal records a refused admin call under whatever identity the
+// certificate carries, so denied attempts are on the record too.
+func (s *Server) auditRefusal(ctx context.Context, method string, req any, err error) {
+	if !isAdminMethod(method) {
+		return
+	}
+	if id, idErr := peerIdentity(ctx); idErr == nil {
+		ctx = context.WithValue(ctx, identityKey{}, id)
+	}
+	s.audit(ctx, method, req, err)
 }
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, err := authorize(ss.Context(), info.FullMethod)
 	if err != nil {
+		s.auditRefusal(ss.Context(), info.FullMethod, nil, err)
 		return err
 	}
 	return handler(srv, &identityStream{ServerStream: ss, ctx: ctx})

@@ -44,11 +44,25 @@ type waitKey struct {
 	seq   uint64
 }
 
-// NewDispatcher returns a dispatcher over the server's store, registry and
-// event hub. metrics may be nil.
-func NewDispatcher(st *store.Store, reg *registry.Registry, hub *events.Hub, m *metrics.Metrics, log *slog.Logger) *Dispatcher {
-	return &Dispatcher{st: st, reg: reg, hub: hub, metrics: m, log: log,
-		waiters: make(map[waitKey][]chan *vigilpb.InstructionAck)}
+// DispatcherConfig is what a Dispatcher is built from.
+type DispatcherConfig struct {
+	// Store and Registry are required.
+	Store    *store.Store
+	Registry *registry.Registry
+	// Publisher, when set, receives every stored event (agent and server
+	// events alike); it must never block.
+	Publisher events.Publisher
+	// Metrics may be nil.
+	Metrics *metrics.Metrics
+	// Logger is required.
+	Logger *slog.Logger
+}
+
+// NewDispatcher returns a dispatcher; it owns the hub that fans stored
+// events out to followers and to cfg.Publisher.
+func NewDispatcher(cfg DispatcherConfig) *Dispatcher {
+	return &Dispatcher{st: cfg.Store, reg: cfg.Registry, hub: events.NewHub(cfg.Publisher),
+		metrics: cfg.Metrics, log: cfg.Logger, waiters: make(map[waitKey][]chan *vigilpb.InstructionAck)}
 }
 
 func (d *Dispatcher) session(agent string) *session {

@@ -29,7 +29,6 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
-	"github.com/vigilsec/vigil/server/events"
 	"github.com/vigilsec/vigil/server/metrics"
 	"github.com/vigilsec/vigil/server/pki"
 	"github.com/vigilsec/vigil/server/registry"
@@ -53,8 +52,8 @@ const (
 	followBuffer = 4096
 )
 
-// Config is what a Server is built from. Every field but Metrics and
-// Publisher is required.
+// Config is what a Server is built from. Store, Registry, Authority, Engine,
+// Dispatcher and Logger are required.
 type Config struct {
 	// Store is the server's database; the caller closes it after Shutdown.
 	Store *store.Store
@@ -66,8 +65,6 @@ type Config struct {
 	Engine Engine
 	// Dispatcher is the Sink the Engine was given.
 	Dispatcher *Dispatcher
-	// Hub fans stored events out to followers and the exporter.
-	Hub *events.Hub
 	// Metrics is updated as the server works; nil disables it.
 	Metrics *metrics.Metrics
 	// Logger receives lifecycle and per-stream logs.
@@ -190,9 +187,13 @@ func (s *Server) engineErr(step string, err error) error {
 // audit writes an admin call to the audit log. A failure to write it is
 // logged; the call's own result stands.
 func (s *Server) audit(ctx context.Context, method string, req any, callErr error) {
+	actor := "unauthenticated"
+	if id := identityFrom(ctx); id.Name != "" {
+		actor = id.String()
+	}
 	rec := store.AuditRecord{
 		Time:   time.Now(),
-		Actor:  identityFrom(ctx).String(),
+		Actor:  actor,
 		Action: shortMethod(method),
 		Result: status.Code(callErr).String(),
 	}
