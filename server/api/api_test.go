@@ -2,8 +2,8 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"crypto/tls"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -77,7 +77,10 @@ func TestRoles(t *testing.T) {
 		{name: "viewer creates a token", call: func() error { _, err := viewer.CreateToken(ctx, &vigilpb.CreateTokenRequest{}); return err }, want: codes.PermissionDenied},
 		{name: "operator kills", call: func() error { _, err := operator.Kill(ctx, kill); return err }, want: codes.OK},
 		{name: "operator applies policy", call: func() error { _, err := operator.ApplyPolicy(ctx, apply); return err }, want: codes.PermissionDenied},
-		{name: "operator revokes", call: func() error { _, err := operator.RevokeAgent(ctx, &vigilpb.RevokeAgentRequest{Name: "laptop"}); return err }, want: codes.PermissionDenied},
+		{name: "operator revokes", call: func() error {
+			_, err := operator.RevokeAgent(ctx, &vigilpb.RevokeAgentRequest{Name: "laptop"})
+			return err
+		}, want: codes.PermissionDenied},
 		{name: "admin applies policy", call: func() error { _, err := admin.ApplyPolicy(ctx, apply); return err }, want: codes.OK},
 		{name: "admin kills on an unknown agent", call: func() error { _, err := admin.Kill(ctx, &vigilpb.KillRequest{Agent: "nope", Pid: 1}); return err }, want: codes.NotFound},
 	}

@@ -335,5 +335,3 @@ func batch(seqs ...uint64) *vigilpb.AgentMessage {
 	}
 	return &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Events{Events: &vigilpb.EventBatch{Events: evs}}}
 }
-
-
