@@ -36,7 +36,7 @@ var (
 	// the agent asks for a full table by sending Hello again.
 	ErrStaleBase = errors.New("diff base version is not the table held")
 	// ErrNoProcess is what a Kernel returns when a kill target is gone.
-	ErrNoProcess = errors.New("no such process")
+	ErrNoProcess = dataplane.ErrNoProcess
 )
 
 // Kernel is the part of the dataplane the Applier drives. Implementations

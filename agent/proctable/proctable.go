@@ -29,16 +29,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Task is a process as the kernel's task walk reports it; the wiring fills
-// it from the dataplane's task iterator.
-type Task struct {
-	PID, PPID   uint32
-	StartTimeNs uint64 // task->start_time, ns since boot
-	UID, GID    uint32
-	CgroupID    uint64
-	Exe         dataplane.ExecIdentity
-	Comm        string
-}
+// Task is a process as the kernel's task walk reports it.
+type Task = dataplane.Task
 
 // Process is what the table knows about one process. Values returned by the
 // Table are copies; callers may keep them.
@@ -359,13 +351,11 @@ func (t *Table) unixNano(bootNs uint64) int64 {
 	return int64(bootNs) + t.bootOffset
 }
 
-// IdentityFromStat encodes a stat result as the kernel identifies an
-// executable: new_encode_dev(st_dev) and the inode number. It must match the
-// encoding of dataplane.ExecIdentity.
+// IdentityFromStat returns the identity the kernel's exec hook reports for
+// a file: stat's st_dev (already new_encode_dev) and inode, as
+// dataplane.IdentityOf does.
 func IdentityFromStat(st *syscall.Stat_t) dataplane.ExecIdentity {
-	major, minor := unix.Major(st.Dev), unix.Minor(st.Dev)
-	dev := uint64(minor&0xff) | uint64(major)<<8 | uint64(minor&^0xff)<<12
-	return dataplane.ExecIdentity{Dev: dev, Ino: st.Ino}
+	return dataplane.ExecIdentity{Dev: st.Dev, Ino: st.Ino}
 }
 
 func taskOf(ev dataplane.Event) Task {
