@@ -135,8 +135,7 @@ const (
 	bpfVigilCounterCOUNTER_KILL_ON_EXEC           bpfVigilCounter = 17
 	bpfVigilCounterCOUNTER_KILL_SIGNAL            bpfVigilCounter = 18
 	bpfVigilCounterCOUNTER_SOCK_DESTROYED         bpfVigilCounter = 19
-	bpfVigilCounterCOUNTER_TABLE_OVERFLOW         bpfVigilCounter = 20
-	bpfVigilCounterCOUNTER_MAX                    bpfVigilCounter = 21
+	bpfVigilCounterCOUNTER_MAX                    bpfVigilCounter = 20
 )
 
 type bpfVigilEvent struct {

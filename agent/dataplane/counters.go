@@ -47,7 +47,6 @@ var counterNames = map[bpfVigilCounter]string{
 	bpfVigilCounterCOUNTER_KILL_ON_EXEC:           "kill-on-exec",
 	bpfVigilCounterCOUNTER_KILL_SIGNAL:            "kill-signal",
 	bpfVigilCounterCOUNTER_SOCK_DESTROYED:         "sock-destroyed",
-	bpfVigilCounterCOUNTER_TABLE_OVERFLOW:         "table-overflow",
 }
 
 // counterName names a verdict counter; an unnamed one by its number.

@@ -272,7 +272,11 @@ func compileIngress(rules []IngressRule) (spanTable[bpfIngressRule], error) {
 }
 
 // swapTables fills fresh inner maps for the inactive slot and flips
-// active_slot to it. The caller holds d.mu.
+// active_slot to it. Every update of an outer map returns only after an RCU
+// grace period (the kernel waits for running programs), so rewriting the
+// new slot's trie once more after the flip guarantees that no program still
+// reads the old slot when the next ApplyTable overwrites it. The caller
+// holds d.mu.
 func (d *Dataplane) swapTables(s *bpfTableSettings, eg spanTable[bpfEgressRule], in spanTable[bpfIngressRule]) error {
 	var active uint32
 	if err := d.objs.ActiveSlot.Lookup(uint32(0), &active); err != nil {
@@ -283,47 +287,69 @@ func (d *Dataplane) swapTables(s *bpfTableSettings, eg spanTable[bpfEgressRule],
 	_ = d.objs.Settings.Lookup(active&1, &prev)
 	s.Generation = prev.Generation + 1
 
-	if err := fillSlot(d.spec, bpfMapEgressPrefixes, bpfMapEgressRules, d.objs.EgressPrefixes, d.objs.EgressRules, slot, eg); err != nil {
+	egTrie, err := fillSlot(d.spec, bpfMapEgressPrefixes, bpfMapEgressRules, d.objs.EgressPrefixes, d.objs.EgressRules, slot, eg)
+	if err != nil {
 		return fmt.Errorf("write egress table: %w", err)
 	}
-	if err := fillSlot(d.spec, bpfMapIngressPrefixes, bpfMapIngressRules, d.objs.IngressPrefixes, d.objs.IngressRules, slot, in); err != nil {
+	defer egTrie.Close()
+	inTrie, err := fillSlot(d.spec, bpfMapIngressPrefixes, bpfMapIngressRules, d.objs.IngressPrefixes, d.objs.IngressRules, slot, in)
+	if err != nil {
 		return fmt.Errorf("write ingress table: %w", err)
 	}
+	defer inTrie.Close()
+	return d.flip(slot, s, egTrie)
+}
+
+// flip makes slot live and waits until no program reads the other slot.
+func (d *Dataplane) flip(slot uint32, s *bpfTableSettings, trie *ebpf.Map) error {
 	if err := d.objs.Settings.Put(slot, s); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
 	if err := d.objs.ActiveSlot.Put(uint32(0), slot); err != nil {
 		return fmt.Errorf("write active_slot: %w", err)
 	}
+	if err := d.objs.EgressPrefixes.Put(slot, trie); err != nil {
+		return fmt.Errorf("wait for readers of the old table: %w", err)
+	}
 	return nil
 }
 
 // fillSlot creates and fills one trie and its rules array and installs both
-// at slot of their outer maps, which then hold the only references.
+// at slot of their outer maps. It returns the trie; the caller closes it.
 func fillSlot[R any](spec *ebpf.CollectionSpec, trieName, rulesName string, trieOuter, rulesOuter *ebpf.Map,
-	slot uint32, t spanTable[R]) error {
+	slot uint32, t spanTable[R]) (*ebpf.Map, error) {
 	trie, err := newInner(spec.Maps[trieName].InnerMap, len(t.keys), false)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer trie.Close()
 	rules, err := newInner(spec.Maps[rulesName].InnerMap, len(t.rules), true)
 	if err != nil {
-		return err
+		trie.Close()
+		return nil, err
 	}
 	defer rules.Close()
 
+	if err := fillInner(trie, rules, t); err != nil {
+		trie.Close()
+		return nil, err
+	}
+	if err := trieOuter.Put(slot, trie); err != nil {
+		trie.Close()
+		return nil, fmt.Errorf("install prefixes: %w", err)
+	}
+	if err := rulesOuter.Put(slot, rules); err != nil {
+		trie.Close()
+		return nil, fmt.Errorf("install rules: %w", err)
+	}
+	return trie, nil
+}
+
+func fillInner[R any](trie, rules *ebpf.Map, t spanTable[R]) error {
 	if err := putAll(trie, t.keys, t.spans); err != nil {
 		return fmt.Errorf("fill prefixes: %w", err)
 	}
 	if err := putAll(rules, indices(len(t.rules)), t.rules); err != nil {
 		return fmt.Errorf("fill rules: %w", err)
-	}
-	if err := trieOuter.Put(slot, trie); err != nil {
-		return fmt.Errorf("install prefixes: %w", err)
-	}
-	if err := rulesOuter.Put(slot, rules); err != nil {
-		return fmt.Errorf("install rules: %w", err)
 	}
 	return nil
 }
