@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/vigilsec/vigil/server/api"
+	"github.com/vigilsec/vigil/server/decide"
+	"github.com/vigilsec/vigil/server/metrics"
+	"github.com/vigilsec/vigil/server/pki"
+	"github.com/vigilsec/vigil/server/registry"
+	"github.com/vigilsec/vigil/server/store"
+)
+
+// shutdownGrace bounds how long in-flight calls may finish at shutdown.
+const shutdownGrace = 10 * time.Second
+
+func serve(c *cli.Context) error {
+	log, err := newLogger(c.String("log-level"))
+	if err != nil {
+		return err
+	}
+	dir := c.String("data-dir")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+
+	// Identity: the CA and, at first start, the admin credentials.
+	ca, err := pki.Open(dir)
+	if err != nil {
+		return err
+	}
+	adminDir, err := ca.EnsureAdmin()
+	if err != nil {
+		return err
+	}
+
+	// State: badger, then the agent registry on top of it.
+	st, err := store.Open(store.Options{Dir: filepath.Join(dir, "db"), Logger: log,
+		Retention: store.Retention{MaxAge: c.Duration("event-max-age"), MaxBytes: c.Int64("event-max-bytes")}})
+	if err != nil {
+		return err
+	}
+	defer closeStore(st, log)
+	reg, err := registry.New(st)
+	if err != nil {
+		return err
+	}
+
+	// Decisions: the engine reaches agents through the dispatcher.
+	m := metrics.New()
+	disp := api.NewDispatcher(api.DispatcherConfig{Store: st, Registry: reg, Metrics: m, Logger: log})
+	eng, err := decide.New(decide.Config{KV: st.Namespace("decide/"), Sink: disp, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	// Transport: the gRPC server over mutual TLS.
+	srv, err := api.New(api.Config{Store: st, Registry: reg, Authority: ca, Engine: eng, Dispatcher: disp,
+		Metrics: m, Logger: log, Hosts: c.StringSlice("host"), TokenTTL: c.Duration("token-ttl")})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", c.String("listen"))
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	log.Info("server listening", "addr", lis.Addr().String(), "credentials", adminDir)
+
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, log, srv, lis, eng, st, m, c.String("metrics"))
+}
+
+// run serves until ctx ends, then shuts the server down gracefully.
+func run(ctx context.Context, log *slog.Logger, srv *api.Server, lis net.Listener,
+	eng *decide.Engine, st *store.Store, m *metrics.Metrics, metricsAddr string) error {
+	errc := make(chan error, 3)
+	go func() { errc <- srv.Serve(lis) }()
+	go func() { errc <- eng.Run(ctx) }()
+	go pruneLoop(ctx, log, st)
+
+	// Metrics, when asked for, on their own listener.
+	var msrv *http.Server
+	if metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", m.Handler())
+		msrv = &http.Server{Addr: metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := msrv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve metrics: %w", err)
+			}
+		}()
+	}
+
+	var err error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-errc:
+	}
+	return errors.Join(err, shutdown(srv, msrv))
+}
+
+func shutdown(srv *api.Server, msrv *http.Server) error {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	srv.Shutdown(ctx)
+	if msrv == nil {
+		return nil
+	}
+	if err := msrv.Shutdown(ctx); err != nil {
+		return fmt.Errorf("shut down metrics: %w", err)
+	}
+	return nil
+}
+
+// pruneLoop applies the event retention every minute.
+func pruneLoop(ctx context.Context, log *slog.Logger, st *store.Store) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if err := st.Prune(now); err != nil {
+				log.Error("prune events", "err", err)
+			}
+		}
+	}
+}
+
+func closeStore(st *store.Store, log *slog.Logger) {
+	if err := st.Close(); err != nil {
+		log.Error("close store", "err", err)
+	}
+}
