@@ -1,7 +1,7 @@
 //go:build ignore
 /* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
-/* Task walk: iter/task writes one struct task_record per process (thread
- * group leader) on the host, marking those in scope. The agent reads it for
+/* Task walk: iter/task writes one struct task_record per live process
+ * (thread group leader, not a zombie) on the host, marking those in scope. The agent reads it for
  * start times (task->start_time, nanoseconds) and for processes that started
  * before it. */
 #include "common.h"
@@ -18,8 +18,8 @@ int vigil_tasks(struct bpf_iter__task *ctx)
 	struct file *exe;
 	struct cgroup *cg;
 
-	if (!t || t->pid != t->tgid)
-		return 0;
+	if (!t || t->pid != t->tgid || t->exit_state)
+		return 0;	/* threads, zombies and dead tasks */
 	cg = t->cgroups->dfl_cgrp;
 	exe = t->mm ? t->mm->exe_file : NULL;
 	r.pid = t->tgid;

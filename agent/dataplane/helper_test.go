@@ -55,6 +55,8 @@ func runHelper(mode string, args []string) int {
 		return tree(args[0])
 	case "adopt":
 		return adopt(args[0], args[1])
+	case "listen":
+		return listen(args[0])
 	}
 	return exitOther
 }
@@ -260,4 +262,22 @@ func listenTCP(t *testing.T, addr string) netip.AddrPort {
 	}()
 	t.Cleanup(func() { ln.Close(); <-done })
 	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// listen accepts on addr, prints the bound port, and holds connections.
+func listen(addr string) int {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return exitOther
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	var conns []net.Conn
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return exitOther
+		}
+		conns = append(conns, c)
+	}
 }
