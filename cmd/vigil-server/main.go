@@ -32,7 +32,10 @@ func main() {
 
 func serveFlags() []cli.Flag {
 	return []cli.Flag{
-		dataDirFlag(),
+		// Not marked required here: urfave/cli would then demand it of the
+		// subcommands too; serve checks it.
+		&cli.StringFlag{Name: "data-dir", EnvVars: []string{"VIGIL_DATA_DIR"},
+			Usage: "`DIR` for the CA, certificates and database (created 0700; required)"},
 		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:7443", EnvVars: []string{"VIGIL_LISTEN"},
 			Usage: "`ADDR` to serve gRPC on (mutual TLS)"},
 		&cli.StringFlag{Name: "metrics", EnvVars: []string{"VIGIL_METRICS"},

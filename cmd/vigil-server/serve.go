@@ -32,6 +32,9 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	dir := c.String("data-dir")
+	if dir == "" {
+		return errors.New("--data-dir is required")
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
