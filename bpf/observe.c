@@ -67,8 +67,9 @@ int BPF_PROG(vigil_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	return 0;
 }
 
-/* follow_kill adds a new child of a tree-kill target to kill_targets and
- * signals the parent again. */
+/* follow_kill adds a new child of a tree-kill target to kill_targets. The
+ * parent is not signalled here: the agent first marks the whole tree, so no
+ * member dies (orphaning its children) before all are marked. */
 static __always_inline void follow_kill(struct task_struct *parent, struct task_struct *child)
 {
 	struct kill_target *k = kill_pending(parent);
@@ -80,8 +81,6 @@ static __always_inline void follow_kill(struct task_struct *parent, struct task_
 	ck.start_ns = child->group_leader->start_time;
 	ck.flags = KILL_TREE;
 	bpf_map_update_elem(&kill_targets, &tgid, &ck, BPF_ANY);
-	bpf_send_signal(SIGKILL_NR);
-	count(COUNTER_KILL_SIGNAL);
 }
 
 /* tp_btf/sched_process_fork: reports a new process (not a new thread) and

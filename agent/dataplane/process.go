@@ -101,7 +101,7 @@ func (d *Dataplane) Kill(pid uint32, startNs uint64, tree bool) error {
 		return err
 	}
 	if !tree {
-		return signal(pid, startNs, d)
+		return d.signal(pid, startNs)
 	}
 	return d.killTree(pid, startNs)
 }
@@ -123,12 +123,37 @@ func (d *Dataplane) killTree(pid uint32, startNs uint64) error {
 		if len(left) == 0 {
 			return nil
 		}
-		for _, t := range left {
-			_ = signal(t.PID, t.StartTimeNs, d)
+		if err := d.signalAll(left); err != nil {
+			return err
 		}
-		time.Sleep(time.Millisecond)
 	}
 	return fmt.Errorf("kill tree %d: descendants still alive after %s", pid, treeKillTimeout)
+}
+
+// signalAll opens a pidfd for each task, checks with one fresh walk that
+// each still has its start time, and signals those through their pidfds.
+func (d *Dataplane) signalAll(tasks []Task) error {
+	fds := make([]int, len(tasks))
+	for i, t := range tasks {
+		fds[i], _ = unix.PidfdOpen(int(t.PID), 0)
+	}
+	defer func() {
+		for _, fd := range fds {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
+	all, err := d.walkTasks()
+	if err != nil {
+		return err
+	}
+	for i, t := range tasks {
+		if fds[i] >= 0 && alive(all, t.PID, t.StartTimeNs) {
+			_ = unix.PidfdSendSignal(fds[i], unix.SIGKILL, nil, 0)
+		}
+	}
+	return nil
 }
 
 // markDescendants adds children of victims to victims and kill_targets
@@ -195,7 +220,7 @@ func alive(all []Task, pid uint32, startNs uint64) bool {
 // signal opens a pidfd for pid, checks through a fresh walk that the
 // process behind it still has startNs, and only then sends SIGKILL through
 // the pidfd, which cannot reach a process that took the pid later.
-func signal(pid uint32, startNs uint64, d *Dataplane) error {
+func (d *Dataplane) signal(pid uint32, startNs uint64) error {
 	fd, err := unix.PidfdOpen(int(pid), 0)
 	if errors.Is(err, unix.ESRCH) {
 		return ErrNoProcess
