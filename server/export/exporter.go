@@ -53,14 +53,16 @@ const (
 type Exporter struct {
 	mapper Mapper
 	log    *slog.Logger
-	queues []*queue // read-only after New
+	queues []*queue               // read-only after New
+	in     chan *vigilpb.Event    // events waiting to be encoded
+	drops  *prometheus.CounterVec // by sink and reason
 
 	mu     sync.RWMutex
-	closed bool // guarded by mu; queue channels are closed when it is set
+	closed bool // guarded by mu; in is closed when it is set
 
-	cancel context.CancelFunc // aborts sink writes when Close runs out of time
-	wg     sync.WaitGroup     // the queue goroutines
-	drops  *prometheus.CounterVec
+	cancel  context.CancelFunc // aborts sink writes when Close runs out of time
+	encoded chan struct{}      // closed when the encoder has fanned out everything
+	wg      sync.WaitGroup     // the queue goroutines
 }
 
 // queue is one sink with its buffer.
@@ -72,15 +74,15 @@ type queue struct {
 
 // Options tune an Exporter; zero values take the defaults.
 type Options struct {
-	Queue      int                   // per sink; DefaultQueue
+	Queue      int                   // per sink, and before encoding; DefaultQueue
 	Batch      int                   // per Write; DefaultBatch
 	Mapper     Mapper                // event → OCSF conversion
 	Registerer prometheus.Registerer // for vigil_export_dropped_total; nil: none
 }
 
-// New starts one goroutine per sink and returns the Exporter that owns them.
-// Sink names must be unique. On error nothing is started and the sinks are
-// left to the caller.
+// New starts an encoding goroutine and one goroutine per sink, and returns
+// the Exporter that owns them and the sinks. Sink names must be unique. On
+// error nothing is started and the sinks are left to the caller.
 func New(log *slog.Logger, opts Options, sinks ...Sink) (*Exporter, error) {
 	if opts.Queue <= 0 {
 		opts.Queue = DefaultQueue
@@ -88,17 +90,7 @@ func New(log *slog.Logger, opts Options, sinks ...Sink) (*Exporter, error) {
 	if opts.Batch <= 0 {
 		opts.Batch = DefaultBatch
 	}
-	drops := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "vigil_export_dropped_total",
-		Help: "Exported records lost, by sink and reason (queue_full, write_failed, closed, encode_failed).",
-	}, []string{"sink", "reason"})
-	if opts.Registerer != nil {
-		if err := opts.Registerer.Register(drops); err != nil {
-			return nil, fmt.Errorf("register export metrics: %w", err)
-		}
-	}
-
-	e := &Exporter{mapper: opts.Mapper, log: log, drops: drops}
+	e := &Exporter{mapper: opts.Mapper, log: log, in: make(chan *vigilpb.Event, opts.Queue)}
 	seen := make(map[string]bool)
 	for _, s := range sinks {
 		if seen[s.Name()] {
@@ -107,37 +99,83 @@ func New(log *slog.Logger, opts Options, sinks ...Sink) (*Exporter, error) {
 		seen[s.Name()] = true
 		e.queues = append(e.queues, &queue{sink: s, ch: make(chan Item, opts.Queue)})
 	}
+	if err := e.registerMetrics(opts.Registerer); err != nil {
+		return nil, err
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
+	e.cancel, e.encoded = cancel, make(chan struct{})
+	go e.encode()
 	for _, q := range e.queues {
 		e.wg.Go(func() { e.run(ctx, q, opts.Batch) })
 	}
 	return e, nil
 }
 
-// Publish converts ev and queues it for every sink without blocking; a sink
-// whose queue is full loses the record, which is counted. ev is not retained.
-func (e *Exporter) Publish(ev *vigilpb.Event) {
-	rec := e.mapper.Map(ev)
-	data, err := json.Marshal(rec)
-	it := Item{Record: rec, JSON: data}
+// registerMetrics creates the drop counter and registers it on reg.
+func (e *Exporter) registerMetrics(reg prometheus.Registerer) error {
+	e.drops = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vigil_export_dropped_total",
+		Help: "Exported records lost, by sink and reason (queue_full, write_failed, closed, encode_failed).",
+	}, []string{"sink", "reason"})
+	if reg == nil {
+		return nil
+	}
+	if err := reg.Register(e.drops); err != nil {
+		return fmt.Errorf("register export metrics: %w", err)
+	}
+	return nil
+}
 
+// Publish queues ev for export without blocking: when the queue is full the
+// event is lost for every sink, which is counted. The caller must not modify
+// ev afterwards; the Exporter only reads it.
+func (e *Exporter) Publish(ev *vigilpb.Event) {
+	if len(e.queues) == 0 {
+		return
+	}
 	e.mu.RLock()
 	defer e.mu.RUnlock()
+	if e.closed {
+		e.dropAll(DropClosed)
+		return
+	}
+	select {
+	case e.in <- ev:
+	default:
+		e.dropAll(DropQueueFull)
+	}
+}
+
+// encode converts queued events and hands them to every sink's queue; a
+// full sink queue loses the record for that sink only.
+func (e *Exporter) encode() {
+	defer close(e.encoded)
+	for ev := range e.in {
+		rec := e.mapper.Map(ev)
+		data, err := json.Marshal(rec)
+		if err != nil {
+			e.dropAll(DropEncode)
+			continue
+		}
+		it := Item{Record: rec, JSON: data}
+		for _, q := range e.queues {
+			select {
+			case q.ch <- it:
+			default:
+				e.drop(q, DropQueueFull, 1)
+			}
+		}
+	}
 	for _, q := range e.queues {
-		switch {
-		case err != nil:
-			e.drop(q, DropEncode, 1)
-			continue
-		case e.closed:
-			e.drop(q, DropClosed, 1)
-			continue
-		}
-		select {
-		case q.ch <- it:
-		default:
-			e.drop(q, DropQueueFull, 1)
-		}
+		close(q.ch)
+	}
+}
+
+// dropAll counts one lost record for every sink.
+func (e *Exporter) dropAll(reason string) {
+	for _, q := range e.queues {
+		e.drop(q, reason, 1)
 	}
 }
 
@@ -197,13 +235,11 @@ func (e *Exporter) write(ctx context.Context, q *queue, batch []Item) {
 func (e *Exporter) Close(ctx context.Context) error {
 	e.mu.Lock()
 	e.closed = true
-	for _, q := range e.queues {
-		close(q.ch)
-	}
+	close(e.in)
 	e.mu.Unlock()
 
 	done := make(chan struct{})
-	go func() { e.wg.Wait(); close(done) }()
+	go func() { <-e.encoded; e.wg.Wait(); close(done) }()
 	var errs []error
 	select {
 	case <-done:

@@ -3,14 +3,13 @@ package export
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/vigilsec/vigil/server/webhook"
 )
 
 // HTTP sink defaults.
@@ -96,8 +95,8 @@ func (s *HTTPSink) post(ctx context.Context, body []byte) (bool, error) {
 	req.Header.Set("Content-Type", "application/json")
 	if len(s.opts.Secret) > 0 {
 		ts := time.Now().Unix()
-		req.Header.Set("X-Vigil-Timestamp", strconv.FormatInt(ts, 10))
-		req.Header.Set("X-Vigil-Signature", sign(s.opts.Secret, ts, body))
+		req.Header.Set(webhook.HeaderTimestamp, strconv.FormatInt(ts, 10))
+		req.Header.Set(webhook.HeaderSignature, webhook.Sign(s.opts.Secret, ts, body))
 	}
 
 	resp, err := s.opts.Client.Do(req)
@@ -133,12 +132,4 @@ func encodeBatch(items []Item) []byte {
 	}
 	b.WriteByte(']')
 	return b.Bytes()
-}
-
-// sign computes "sha256=" + hex HMAC-SHA256 over ts + "." + body.
-func sign(secret []byte, ts int64, body []byte) string {
-	mac := hmac.New(sha256.New, secret)
-	fmt.Fprintf(mac, "%d.", ts)
-	mac.Write(body)
-	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }

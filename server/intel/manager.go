@@ -19,6 +19,9 @@ type IndicatorSetter interface {
 	SetIndicators(feed string, inds []policy.Indicator)
 }
 
+// loadTimeout bounds one load, so a hanging server cannot stall a feed.
+const loadTimeout = time.Minute
+
 // Options tune a Manager; the zero value is usable.
 type Options struct {
 	Client   *http.Client     // fetches URL feeds; nil means http.DefaultClient
@@ -121,7 +124,9 @@ func (m *Manager) reload(ctx context.Context, fs *feedState) error {
 	fs.load.Lock()
 	defer fs.load.Unlock()
 
-	res, err := Load(ctx, fs.feed, m.opts.Client, m.opts.MaxBytes, m.opts.Now())
+	lctx, cancel := context.WithTimeout(ctx, loadTimeout)
+	defer cancel()
+	res, err := Load(lctx, fs.feed, m.opts.Client, m.opts.MaxBytes, m.opts.Now())
 	if err != nil {
 		m.setStatus(fs.feed.Name, func(st *FeedStatus) { st.Err = err })
 		return err

@@ -155,14 +155,25 @@ func TestManagerRunPicksUpChangedFile(t *testing.T) {
 }
 
 func TestManagerURLFeed(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http", true: "https"}[tls], func(t *testing.T) { testURLFeed(t, tls) })
+	}
+}
+
+func testURLFeed(t *testing.T, tls bool) {
 	var mu sync.Mutex
 	status, body := http.StatusOK, "type,value\nsha256,"+hashA+"\n"
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
 		w.WriteHeader(status)
 		io.WriteString(w, body)
 	}))
+	if tls {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	defer srv.Close()
 
 	rec := newRecorder()
