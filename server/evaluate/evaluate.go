@@ -88,16 +88,20 @@ func (b *Book) Add(f Finding) (Change, bool) {
 	return b.settle(e, f.At, f.Reason)
 }
 
-// Expire drops findings that lapsed by now and returns the changes.
-func (b *Book) Expire(now time.Time) []Change {
-	var out []Change
+// Expire drops findings that lapsed by now. It returns the level changes
+// and the entities that lost a deny or quarantine hold.
+func (b *Book) Expire(now time.Time) (changes []Change, released []string) {
 	for _, name := range b.Names() {
 		e := b.entities[name]
+		deny, quarantine := b.Holds(name)
 		if c, ok := b.settle(e, now, "finding expired"); ok {
-			out = append(out, c)
+			changes = append(changes, c)
+		}
+		if d, q := b.Holds(name); d != deny || q != quarantine {
+			released = append(released, name)
 		}
 	}
-	return out
+	return changes, released
 }
 
 // Clear drops the deny and quarantine holds on an entity (a restore

@@ -60,7 +60,8 @@ func TestBookLevels(t *testing.T) {
 					f.Entity, f.At, f.Reason = "device/laptop", now, "step"
 					_, changed = b.Add(f)
 				} else {
-					changed = len(b.Expire(now)) > 0
+					changes, _ := b.Expire(now)
+					changed = len(changes) > 0
 				}
 				if got := b.Level("device/laptop"); got != s.want || changed != s.change {
 					t.Fatalf("step %d: level %s changed %v, want %s %v", i, got, changed, s.want, s.change)
@@ -94,6 +95,10 @@ func TestBookHoldsAndClear(t *testing.T) {
 	b.Add(Finding{Entity: "device/d", Level: "low", Deny: true, At: now})
 	if d, q := b.Holds("device/d"); !d || !q {
 		t.Fatalf("holds = %v %v", d, q)
+	}
+	b.Add(Finding{Entity: "device/e", Quarantine: true, At: now, Expires: now.Add(time.Second)})
+	if _, released := b.Expire(now.Add(time.Second)); len(released) != 1 || released[0] != "device/e" {
+		t.Fatalf("released = %v", released)
 	}
 	b.Clear("device/d", now)
 	if d, q := b.Holds("device/d"); d || q || b.Level("device/d") != "low" {

@@ -1,0 +1,438 @@
+package decide
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
+	"github.com/vigilsec/vigil/policy"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const hashX = "abababababababababababababababababababababababababababababababab"
+
+// memKV is an in-memory KV.
+type memKV struct {
+	mu sync.Mutex
+	m  map[string][]byte // guarded by mu
+}
+
+func newMemKV() *memKV { return &memKV{m: map[string][]byte{}} }
+
+func (k *memKV) Get(key []byte) ([]byte, bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	v, ok := k.m[string(key)]
+	return bytes.Clone(v), ok, nil
+}
+
+func (k *memKV) Set(key, value []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.m[string(key)] = bytes.Clone(value)
+	return nil
+}
+
+func (k *memKV) Delete(key []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.m, string(key))
+	return nil
+}
+
+func (k *memKV) Scan(prefix []byte, fn func(key, value []byte) error) error {
+	k.mu.Lock()
+	var keys []string
+	for key := range k.m {
+		if strings.HasPrefix(key, string(prefix)) {
+			keys = append(keys, key)
+		}
+	}
+	sort.Strings(keys)
+	k.mu.Unlock()
+	for _, key := range keys {
+		v, _, _ := k.Get([]byte(key))
+		if err := fn([]byte(key), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recSink records what the engine pushes.
+type recSink struct {
+	mu     sync.Mutex
+	diffs  map[string][]*vigilpb.TableDiff   // guarded by mu
+	instrs map[string][]*vigilpb.Instruction // guarded by mu
+	events []*vigilpb.Event                  // guarded by mu
+	seq    map[string]uint64                 // guarded by mu
+}
+
+func newRecSink() *recSink {
+	return &recSink{diffs: map[string][]*vigilpb.TableDiff{}, instrs: map[string][]*vigilpb.Instruction{},
+		seq: map[string]uint64{}}
+}
+
+func (s *recSink) PushDiff(agent string, d *vigilpb.TableDiff) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.diffs[agent] = append(s.diffs[agent], d)
+}
+
+func (s *recSink) PushInstruction(agent string, ins *vigilpb.Instruction) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq[agent]++
+	ins.Seq = s.seq[agent]
+	s.instrs[agent] = append(s.instrs[agent], ins)
+	return ins.Seq, nil
+}
+
+func (s *recSink) Record(ev *vigilpb.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, ev)
+}
+
+// take returns and forgets the instructions pushed to agent, as text.
+func (s *recSink) take(agent string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, ins := range s.instrs[agent] {
+		out = append(out, describe(ins))
+	}
+	s.instrs[agent] = nil
+	return out
+}
+
+func (s *recSink) kinds() map[vigilpb.EventKind]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[vigilpb.EventKind]int{}
+	for _, ev := range s.events {
+		out[ev.Kind]++
+	}
+	return out
+}
+
+// clock is a settable time source.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time // guarded by mu
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+type fixture struct {
+	t     *testing.T
+	kv    *memKV
+	sink  *recSink
+	clock *clock
+	e     *Engine
+}
+
+func newFixture(t *testing.T) *fixture {
+	f := &fixture{t: t, kv: newMemKV(), sink: newRecSink(),
+		clock: &clock{now: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}}
+	f.reopen()
+	src, err := os.ReadFile("testdata/scenario.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, perrs, err := f.e.ApplyPolicy(context.Background(), &vigilpb.PolicyDocument{Filename: "scenario.yaml", Yaml: string(src)}, "admin")
+	if err != nil || len(perrs) > 0 || v != 1 {
+		t.Fatalf("apply: version %d errors %v %v", v, perrs, err)
+	}
+	f.online("crm-host", "10.2.0.1")
+	f.online("laptop", "10.1.0.2")
+	return f
+}
+
+func (f *fixture) reopen() {
+	e, err := New(Config{KV: f.kv, Sink: f.sink, Now: f.clock.Now})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.e = e
+}
+
+func (f *fixture) online(agent, addr string) *vigilpb.VerdictTable {
+	t, err := f.e.AgentOnline(context.Background(), agent, &vigilpb.Hello{Name: agent,
+		Addresses: []string{addr, "127.0.0.1", "fe80::1"}, Posture: &vigilpb.Posture{HostId: agent}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return t
+}
+
+func (f *fixture) table(agent string) *vigilpb.VerdictTable {
+	f.e.mu.Lock()
+	defer f.e.mu.Unlock()
+	return f.e.agents[agent].Table
+}
+
+func (f *fixture) egress(agent, dst string, port uint16) vigilpb.Verdict {
+	resp, err := f.e.Explain(&vigilpb.ExplainRequest{Agent: agent, Destination: fmt.Sprintf("%s:%d", dst, port)})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return resp.Verdict
+}
+
+func ingressVerdict(t *vigilpb.VerdictTable, peer string) vigilpb.Verdict {
+	for _, e := range t.Ingress {
+		if e.Peer == peer {
+			return e.Verdict
+		}
+	}
+	return vigilpb.Verdict_VERDICT_UNSPECIFIED
+}
+
+func (f *fixture) execBad(pid uint32) {
+	err := f.e.Ingest(context.Background(), "laptop", []*vigilpb.Event{{Seq: 1, Kind: vigilpb.EventKind_EVENT_KIND_EXEC,
+		Process: &vigilpb.Process{Pid: pid, StartTimeNs: 99, Ppid: 1, Uid: 1000, User: "alice",
+			Executable: "/opt/bad", Sha256: hashX}}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func equal(t *testing.T, what string, got, want any) {
+	t.Helper()
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("%s = %v, want %v", what, got, want)
+	}
+}
+
+func TestScenarioLowerCutRestore(t *testing.T) {
+	allow, deny := vigilpb.Verdict_VERDICT_ALLOW, vigilpb.Verdict_VERDICT_DENY
+	f := newFixture(t)
+	equal(t, "laptop -> crm before", f.egress("laptop", "10.2.0.1", 8080), allow)
+	equal(t, "crm-host admits laptop", ingressVerdict(f.table("crm-host"), "10.1.0.2/32"), allow)
+	equal(t, "loopback kept out of tables", ingressVerdict(f.table("crm-host"), "127.0.0.1/32"), vigilpb.Verdict_VERDICT_UNSPECIFIED)
+	equal(t, "kill-on-exec armed", f.table("laptop").KillOnExec, []string{hashX})
+	laptopV, hostV := f.table("laptop").Version, f.table("crm-host").Version
+	f.sink.take("laptop")
+	f.sink.take("crm-host")
+
+	f.execBad(4242)
+	equal(t, "device level", f.e.Level("device/laptop"), "low")
+	equal(t, "laptop -> crm after", f.egress("laptop", "10.2.0.1", 8080), deny)
+	equal(t, "crm-host admits laptop after", ingressVerdict(f.table("crm-host"), "10.1.0.2/32"), deny)
+	equal(t, "laptop instructions", f.sink.take("laptop"), []string{"kill pid 4242@99", "cut 10.2.0.1:8080"})
+	equal(t, "crm-host instructions", f.sink.take("crm-host"), []string{"cut 10.1.0.2"})
+	equal(t, "laptop cut peers", f.table("laptop").CutPeers, []string{"10.2.0.1:8080"})
+	equal(t, "laptop version", f.table("laptop").Version, laptopV+1)
+	equal(t, "crm-host version", f.table("crm-host").Version, hostV+1)
+	d := f.sink.diffs["laptop"][len(f.sink.diffs["laptop"])-1]
+	equal(t, "laptop diff versions", []uint64{d.BaseVersion, d.Version}, []uint64{laptopV, laptopV + 1})
+	equal(t, "laptop diff cut", d.CutPeersAdded, []string{"10.2.0.1:8080"})
+	kinds := f.sink.kinds()
+	for _, k := range []vigilpb.EventKind{vigilpb.EventKind_EVENT_KIND_FINDING, vigilpb.EventKind_EVENT_KIND_LEVEL,
+		vigilpb.EventKind_EVENT_KIND_INSTRUCTION, vigilpb.EventKind_EVENT_KIND_POLICY} {
+		if kinds[k] == 0 {
+			t.Errorf("no %s event recorded", k)
+		}
+	}
+
+	resp, err := f.e.Report(context.Background(), &vigilpb.ReportRequest{Entity: "device/laptop", Level: "high",
+		Source: "edr", Reason: "cleaned"})
+	if err != nil || resp.Level != "high" {
+		t.Fatalf("report: %v %v", resp, err)
+	}
+	equal(t, "laptop -> crm restored", f.egress("laptop", "10.2.0.1", 8080), allow)
+	equal(t, "crm-host admits laptop again", ingressVerdict(f.table("crm-host"), "10.1.0.2/32"), allow)
+	equal(t, "laptop restore", f.sink.take("laptop"), []string{"restore 10.2.0.1:8080"})
+	equal(t, "crm-host restore", f.sink.take("crm-host"), []string{"restore 10.1.0.2"})
+	equal(t, "laptop cut peers lifted", len(f.table("laptop").CutPeers), 0)
+	equal(t, "crm-host cut peers lifted", len(f.table("crm-host").CutPeers), 0)
+
+	explain := f.explainText("laptop", 4242, "10.2.0.1:8080")
+	golden(t, "explain_restored.golden", explain)
+}
+
+func (f *fixture) explainText(agent string, pid uint32, dst string) string {
+	resp, err := f.e.Explain(&vigilpb.ExplainRequest{Agent: agent, Pid: pid, Destination: dst})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "verdict %s rule %s service %s required %s\n", verdictWord(resp.Verdict), resp.Rule,
+		resp.Service, resp.RequiredLevel)
+	for _, ent := range sortedKeys(resp.SubjectLevels) {
+		fmt.Fprintf(&b, "level %s %s\n", ent, resp.SubjectLevels[ent])
+	}
+	for _, r := range resp.Reasons {
+		b.WriteString("- " + r + "\n")
+	}
+	return b.String()
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden (run with -update): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+func TestExplainGolden(t *testing.T) {
+	f := newFixture(t)
+	f.execBad(4242)
+	tests := []struct {
+		name  string
+		agent string
+		pid   uint32
+		dst   string
+	}{
+		{"lowered", "laptop", 4242, "10.2.0.1:8080"},
+		{"unknown-process", "laptop", 7, "10.2.0.1:8080"},
+		{"uncovered", "crm-host", 0, "192.0.2.1:443"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			golden(t, "explain_"+tt.name+".golden", f.explainText(tt.agent, tt.pid, tt.dst))
+		})
+	}
+}
+
+func TestExpiryRestores(t *testing.T) {
+	f := newFixture(t)
+	f.execBad(4242)
+	f.sink.take("laptop")
+	f.clock.advance(9 * time.Minute)
+	if err := f.e.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "level before expiry", f.e.Level("device/laptop"), "low")
+	f.clock.advance(2 * time.Minute)
+	if err := f.e.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "level after expiry", f.e.Level("device/laptop"), "medium")
+	equal(t, "restore on expiry", f.sink.take("laptop"), []string{"restore 10.2.0.1:8080"})
+	equal(t, "laptop -> crm", f.egress("laptop", "10.2.0.1", 8080), vigilpb.Verdict_VERDICT_ALLOW)
+}
+
+func TestQuarantineAndRelease(t *testing.T) {
+	f := newFixture(t)
+	refused := func(sec int64) *vigilpb.Event {
+		return &vigilpb.Event{Kind: vigilpb.EventKind_EVENT_KIND_CONNECT, TimeUnixNano: sec * 1e9,
+			Connection: &vigilpb.Connection{RemoteAddress: "10.9.9.9", RemotePort: 22, Verdict: vigilpb.Verdict_VERDICT_DENY}}
+	}
+	if err := f.e.Ingest(context.Background(), "laptop", []*vigilpb.Event{refused(1), refused(2)}); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "quarantined", f.table("laptop").Quarantined, true)
+	equal(t, "instructions", f.sink.take("laptop"), []string{"INSTRUCTION_KIND_QUARANTINE"})
+	f.clock.advance(2 * time.Minute)
+	if err := f.e.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "released", f.table("laptop").Quarantined, false)
+	equal(t, "instructions", f.sink.take("laptop"), []string{"INSTRUCTION_KIND_RELEASE"})
+}
+
+func TestStateSurvivesNew(t *testing.T) {
+	f := newFixture(t)
+	f.execBad(4242)
+	if err := f.e.Cut(context.Background(), "laptop", "10.7.7.7"); err != nil {
+		t.Fatal(err)
+	}
+	f.e.SetIndicators("osint", []policy.Indicator{{Kind: policy.IndicatorSHA256, SHA256: strings.Repeat("c", 64), ID: "i1", Source: "osint"}})
+	before := f.table("laptop")
+	f.reopen()
+	after := f.table("laptop")
+	equal(t, "level", f.e.Level("device/laptop"), "low")
+	equal(t, "table version", after.Version, before.Version)
+	equal(t, "cut peers", after.CutPeers, before.CutPeers)
+	hist, err := f.e.PolicyHistory()
+	if err != nil || len(hist) != 1 || hist[0].Version != 1 {
+		t.Fatalf("history %v %v", hist, err)
+	}
+	ents, _ := f.e.Entities("device")
+	if len(ents) != 2 || ents[1].Name != "device/laptop" || len(ents[1].Findings) == 0 {
+		t.Fatalf("entities %v", ents)
+	}
+	var n int
+	f.kv.Scan([]byte(keyHistoryPrefix+"device/laptop/"), func(k, v []byte) error { n++; return nil })
+	equal(t, "history records", n, 1)
+
+	f.e.Ingest(context.Background(), "laptop", []*vigilpb.Event{{Kind: vigilpb.EventKind_EVENT_KIND_EXEC,
+		Process: &vigilpb.Process{Pid: 5, Executable: "/opt/feed", Sha256: strings.Repeat("c", 64)}}})
+	equal(t, "feed hit after restart", f.e.Level("device/laptop"), "low")
+	if err := f.e.Restore(context.Background(), "laptop", "10.7.7.7"); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "admin cut restored", f.table("laptop").CutPeers, []string{"10.2.0.1:8080"})
+}
+
+func TestRejectedPolicyChangesNothing(t *testing.T) {
+	f := newFixture(t)
+	before := f.table("laptop").Version
+	v, errs, err := f.e.ApplyPolicy(context.Background(), &vigilpb.PolicyDocument{Filename: "bad.yaml",
+		Yaml: "version: 1\nlevels: [a]\ndefaults: {level: b, traffic: allow, unknown_peers: deny}\n"}, "admin")
+	if err != nil || v != 0 || len(errs) == 0 || errs[0].Line != 3 {
+		t.Fatalf("apply bad: %d %v %v", v, errs, err)
+	}
+	p, err := f.e.Policy(0)
+	if err != nil || p.Version != 1 {
+		t.Fatalf("running policy %v %v", p, err)
+	}
+	equal(t, "table version", f.table("laptop").Version, before)
+}
+
+func TestReportValidation(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name string
+		req  *vigilpb.ReportRequest
+	}{
+		{"no kind", &vigilpb.ReportRequest{Entity: "laptop", Source: "edr"}},
+		{"bad kind", &vigilpb.ReportRequest{Entity: "car/x", Source: "edr"}},
+		{"bad level", &vigilpb.ReportRequest{Entity: "device/laptop", Level: "ultra", Source: "edr"}},
+		{"bad severity", &vigilpb.ReportRequest{Entity: "user/alice", Severity: "meh", Source: "edr"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := f.e.Report(context.Background(), tt.req); err == nil {
+				t.Errorf("Report(%v) accepted", tt.req)
+			}
+		})
+	}
+}
