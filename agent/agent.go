@@ -61,7 +61,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	// Identity: saved credentials, or enrollment with the token.
-	creds, err := credentials(ctx, cfg)
+	creds, err := identity(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -101,9 +101,9 @@ func withDefaults(cfg Config) Config {
 	return cfg
 }
 
-// credentials loads the saved identity, or enrolls, retrying with backoff
+// identity loads the saved credentials, or enrolls, retrying with backoff
 // while the server is unreachable.
-func credentials(ctx context.Context, cfg Config) (*enroll.Credentials, error) {
+func identity(ctx context.Context, cfg Config) (*enroll.Credentials, error) {
 	dir := filepath.Join(cfg.DataDir, "identity")
 	creds, err := enroll.Load(dir)
 	if !errors.Is(err, enroll.ErrNotEnrolled) {
