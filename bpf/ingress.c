@@ -16,6 +16,7 @@
 #define SKB_PASS 1
 #define SKB_DROP 0
 #define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
 /* packet is what the packet hooks know of one IP packet. */
@@ -204,13 +205,16 @@ int vigil_ingress(struct __sk_buff *skb)
 	return SKB_DROP;
 }
 
-/* cgroup_skb/egress: packets from sockets in scope; 0 drops the packet. */
+/* cgroup_skb/egress: packets from sockets in scope; 0 drops the packet.
+ * Resets always pass, so the peer of a destroyed socket learns of it. */
 SEC("cgroup_skb/egress")
 int vigil_egress_skb(struct __sk_buff *skb)
 {
 	struct packet p = {};
 
 	if (parse_packet(skb, &p))
+		return SKB_PASS;
+	if (p.proto == PROTO_TCP && (p.tcp_flags & TCP_FLAG_RST))
 		return SKB_PASS;
 	return blocked(p.dst, p.dport) ? SKB_DROP : SKB_PASS;
 }

@@ -3,7 +3,8 @@ package dataplane
 import (
 	"log/slog"
 	"os"
-	"path/filepath"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/vigilsec/vigil/internal/testenv"
@@ -13,10 +14,10 @@ import (
 // path, and removes both when the test ends.
 func openScoped(t *testing.T, cfg Config) (*Dataplane, *testenv.Cgroup) {
 	t.Helper()
-	cg := testenv.NewCgroup(t)
+	cg := newScopeCgroup(t)
 	cfg.CgroupPath = cg.Path
 	if cfg.PinPath == "" {
-		cfg.PinPath = filepath.Join(DefaultPinRoot, "test-"+filepath.Base(cg.Path))
+		cfg.PinPath = testPinPath(cg.Path)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -48,4 +49,18 @@ func TestOpenReportsCapabilities(t *testing.T) {
 	if caps.ExecEnforcement != "kill-on-exec" {
 		t.Errorf("exec enforcement = %q, want kill-on-exec", caps.ExecEnforcement)
 	}
+}
+
+// newScopeCgroup creates a test cgroup and, when the test ends, checks that
+// no program is left attached to it.
+func newScopeCgroup(t *testing.T) *testenv.Cgroup {
+	t.Helper()
+	cg := testenv.NewCgroup(t)
+	t.Cleanup(func() {
+		out, err := exec.Command("bpftool", "cgroup", "show", cg.Path).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "vigil_") {
+			t.Errorf("programs left attached to %s:\n%s", cg.Path, out)
+		}
+	})
+	return cg
 }
