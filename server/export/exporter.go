@@ -231,9 +231,13 @@ func (e *Exporter) write(ctx context.Context, q *queue, batch []Item) {
 // Close stops accepting records, lets every sink deliver what it has queued
 // until ctx is done, then abandons the rest (counted as dropped) and closes
 // the sinks. It returns ctx's error if the deadline cut the flush short, and
-// any sink's close error.
+// any sink's close error. Calls after the first return nil.
 func (e *Exporter) Close(ctx context.Context) error {
 	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
 	e.closed = true
 	close(e.in)
 	e.mu.Unlock()

@@ -3,9 +3,11 @@ package export
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -35,14 +37,15 @@ type HTTPOptions struct {
 // safe for concurrent use; the Exporter calls it from one goroutine.
 type HTTPSink struct {
 	url  string
+	name string // the URL without credentials or query, for metrics and logs
 	opts HTTPOptions
 }
 
-// NewHTTPSink returns a sink posting to url (http or https).
-func NewHTTPSink(url string, opts HTTPOptions) (*HTTPSink, error) {
-	req, err := http.NewRequest(http.MethodPost, url, nil)
+// NewHTTPSink returns a sink posting to target, an http or https URL.
+func NewHTTPSink(target string, opts HTTPOptions) (*HTTPSink, error) {
+	req, err := http.NewRequest(http.MethodPost, target, nil)
 	if err != nil || (req.URL.Scheme != "http" && req.URL.Scheme != "https") || req.URL.Host == "" {
-		return nil, fmt.Errorf("export webhook %q: not an http(s) URL", url)
+		return nil, errors.New("export webhook: not an http(s) URL")
 	}
 	if opts.Client == nil {
 		opts.Client = &http.Client{Timeout: 10 * time.Second}
@@ -56,11 +59,13 @@ func NewHTTPSink(url string, opts HTTPOptions) (*HTTPSink, error) {
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = DefaultMaxBackoff
 	}
-	return &HTTPSink{url: url, opts: opts}, nil
+	name := req.URL.Scheme + "://" + req.URL.Host + req.URL.Path
+	return &HTTPSink{url: target, name: name, opts: opts}, nil
 }
 
-// Name implements Sink.
-func (s *HTTPSink) Name() string { return "webhook:" + s.url }
+// Name implements Sink. It omits the URL's credentials and query, which may
+// hold tokens.
+func (s *HTTPSink) Name() string { return "webhook:" + s.name }
 
 // Write implements Sink: the batch is delivered whole or not at all.
 func (s *HTTPSink) Write(ctx context.Context, items []Item) (int, error) {
@@ -78,7 +83,7 @@ func (s *HTTPSink) Write(ctx context.Context, items []Item) (int, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return len(items), fmt.Errorf("post %s: %w (after %v)", s.url, ctx.Err(), err)
+			return len(items), fmt.Errorf("post %s: %w (after %v)", s.name, ctx.Err(), err)
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, s.opts.MaxBackoff)
@@ -90,7 +95,7 @@ func (s *HTTPSink) Write(ctx context.Context, items []Item) (int, error) {
 func (s *HTTPSink) post(ctx context.Context, body []byte) (bool, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
 	if err != nil {
-		return false, fmt.Errorf("post %s: %w", s.url, err)
+		return false, fmt.Errorf("post %s: %w", s.name, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if len(s.opts.Secret) > 0 {
@@ -101,7 +106,7 @@ func (s *HTTPSink) post(ctx context.Context, body []byte) (bool, error) {
 
 	resp, err := s.opts.Client.Do(req)
 	if err != nil {
-		return ctx.Err() == nil, fmt.Errorf("post %s: %w", s.url, err)
+		return ctx.Err() == nil, fmt.Errorf("post %s: %w", s.name, redact(err))
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
@@ -109,9 +114,9 @@ func (s *HTTPSink) post(ctx context.Context, body []byte) (bool, error) {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		return false, nil
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-		return true, fmt.Errorf("post %s: status %s", s.url, resp.Status)
+		return true, fmt.Errorf("post %s: status %s", s.name, resp.Status)
 	}
-	return false, fmt.Errorf("post %s: status %s", s.url, resp.Status)
+	return false, fmt.Errorf("post %s: status %s", s.name, resp.Status)
 }
 
 // Close implements Sink.
@@ -132,4 +137,13 @@ func encodeBatch(items []Item) []byte {
 	}
 	b.WriteByte(']')
 	return b.Bytes()
+}
+
+// redact drops the URL from a client error, which repeats it in full.
+func redact(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	return err
 }

@@ -553,3 +553,25 @@ func counterValue(t *testing.T, reg *prometheus.Registry, sink, reason string) f
 	}
 	return 0
 }
+
+func TestHTTPSinkNameHidesSecrets(t *testing.T) {
+	s, err := NewHTTPSink("https://user:pw@127.0.0.1:8443/in?token=abc", HTTPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Name() != "webhook:https://127.0.0.1:8443/in" {
+		t.Fatalf("name %q", s.Name())
+	}
+	if _, err := NewHTTPSink("https://user:pw@/x", HTTPOptions{}); err == nil || strings.Contains(err.Error(), "pw") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCloseTwice(t *testing.T) {
+	e, err := New(quiet(), Options{}, &stuckSink{entered: make(chan struct{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeExporter(t, e)
+	closeExporter(t, e)
+}

@@ -83,6 +83,7 @@ func Load(ctx context.Context, f Feed, client *http.Client, maxBytes int64, now 
 	if err != nil {
 		return nil, err
 	}
+	data = bytes.TrimPrefix(data, []byte("\ufeff")) // a UTF-8 byte order mark
 	if f.format() == FormatSTIX {
 		return ParseSTIX(bytes.NewReader(data), f.Location, f.Name, now)
 	}

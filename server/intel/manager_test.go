@@ -210,9 +210,16 @@ func TestLoadLimitAndFormat(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 
+	bom := filepath.Join(dir, "bom.csv")
+	writeFile(t, bom, "\ufefftype,value\nipv4,192.0.2.1\n")
+	res, err := Load(context.Background(), Feed{Name: "bom", Location: bom}, nil, 0, time.Now())
+	if err != nil || len(res.Indicators) != 1 || len(res.Skipped) != 0 {
+		t.Fatalf("byte order mark: %+v, %v", res, err)
+	}
+
 	stix := filepath.Join(dir, "stix.txt")
 	writeFile(t, stix, bundle(indicator("a", "[ipv4-addr:value = '192.0.2.1']", "")))
-	res, err := Load(context.Background(), Feed{Name: "s", Location: stix, Format: FormatSTIX}, nil, 0, time.Now())
+	res, err = Load(context.Background(), Feed{Name: "s", Location: stix, Format: FormatSTIX}, nil, 0, time.Now())
 	if err != nil || len(res.Indicators) != 1 {
 		t.Fatalf("explicit stix format: %v, %v", res, err)
 	}

@@ -60,8 +60,9 @@ type Handler struct {
 	log      *slog.Logger
 	opts     Options
 
-	mu   sync.Mutex
-	seen map[string]time.Time // guarded by mu: signature → when it leaves the window
+	mu        sync.Mutex
+	seen      map[string]time.Time // guarded by mu: signature → when it leaves the window
+	nextPrune time.Time            // guarded by mu: when seen is next swept
 }
 
 // NewHandler returns a Handler that verifies requests with secret (at least
@@ -157,6 +158,8 @@ func (h *Handler) writeReportError(w http.ResponseWriter, i int, entity string, 
 		writeError(w, http.StatusUnprocessableEntity, "results[%d]: %s", i, st.Message())
 	case codes.NotFound:
 		writeError(w, http.StatusNotFound, "results[%d]: entity %s not found", i, entity)
+	case codes.Unavailable, codes.ResourceExhausted:
+		writeError(w, http.StatusServiceUnavailable, "results[%d]: engine busy, retry; %d before it were recorded", i, i)
 	default:
 		h.log.Error("report external result", "entity", entity, "err", err)
 		writeError(w, http.StatusInternalServerError, "results[%d]: not recorded; %d before it were", i, i)
@@ -202,12 +205,13 @@ func (h *Handler) checkReplay(sig string, expires, now time.Time) (int, string) 
 	if _, dup := h.seen[sig]; dup {
 		return http.StatusConflict, "request already received (replay)"
 	}
-	if len(h.seen) >= maxSeen {
+	if len(h.seen) >= maxSeen || now.After(h.nextPrune) {
 		for s, exp := range h.seen {
 			if exp.Before(now) {
 				delete(h.seen, s)
 			}
 		}
+		h.nextPrune = now.Add(h.opts.Window)
 	}
 	if len(h.seen) >= maxSeen {
 		return http.StatusServiceUnavailable, "too many requests in the replay window"

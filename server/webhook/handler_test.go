@@ -236,6 +236,7 @@ func TestHandlerEngineErrors(t *testing.T) {
 	}{
 		{name: "invalid level", err: status.Error(codes.InvalidArgument, "unknown level \"x\""), status: 422},
 		{name: "unknown entity", err: status.Error(codes.NotFound, "no such entity"), status: 404},
+		{name: "busy", err: status.Error(codes.Unavailable, "store closed"), status: 503, hidden: "store closed"},
 		{name: "internal", err: io.ErrUnexpectedEOF, status: 500, hidden: "unexpected EOF"},
 	}
 	for _, tt := range tests {
