@@ -5,7 +5,8 @@
 # and maps are then removed unless KEEP=1.
 #
 # Environment: POLICY (default examples/policy.yaml), KEEP=1 to leave
-# enforcement in place after exit. Needs root (the agent loads BPF programs)
+# enforcement in place after exit, CGROUP to protect one cgroup v2 directory
+# instead of the whole host. Needs root (the agent loads BPF programs)
 # and the binaries `make build` puts in ./bin.
 set -euo pipefail
 
@@ -16,12 +17,15 @@ readonly VAR=./var
 readonly LISTEN=127.0.0.1:7443
 readonly POLICY=${POLICY:-examples/policy.yaml}
 readonly KEEP=${KEEP:-0}
+readonly CGROUP=${CGROUP:-}
 
 export VIGIL_SERVER=$LISTEN
 export VIGIL_CREDENTIALS=$VAR/server/admin
 
 server_pid=
 agent_pid=
+scope=()
+[[ -z $CGROUP ]] || scope=(--cgroup "$CGROUP")
 
 log() { printf 'run: %s\n' "$*" >&2; }
 
@@ -63,10 +67,10 @@ cleanup() {
 	stop "$agent_pid" vigil-agent
 	if [[ -n $agent_pid ]]; then
 		if [[ $KEEP == 1 ]]; then
-			log "KEEP=1: enforcement stays pinned; remove it with $BIN/vigil-agent --cleanup"
+			log "KEEP=1: enforcement stays pinned; remove it with $BIN/vigil-agent --cleanup ${scope[*]}"
 		else
 			log "removing the agent's pinned programs and maps"
-			"$BIN/vigil-agent" --cleanup || log "vigil-agent --cleanup failed; run it again by hand"
+			"$BIN/vigil-agent" --cleanup "${scope[@]}" || log "vigil-agent --cleanup failed; run it again by hand"
 		fi
 	fi
 	stop "$server_pid" vigil-server
@@ -112,8 +116,8 @@ $(tail -n 20 "$VAR/server.log")"
 
 # 2. An agent for this host, enrolled with a one-time token.
 token=$("$BIN/vigilctl" token create --ttl 10m)
-log "starting vigil-agent for this host (state $VAR/agent, log $VAR/agent.log)"
-start "$VAR/agent.log" "$BIN/vigil-agent" --server "$LISTEN" --token "$token" --data-dir "$VAR/agent"
+log "starting vigil-agent for ${CGROUP:-this host} (state $VAR/agent, log $VAR/agent.log)"
+start "$VAR/agent.log" "$BIN/vigil-agent" --server "$LISTEN" --token "$token" --data-dir "$VAR/agent" "${scope[@]}"
 agent_pid=$!
 wait_until 30 "$agent_pid" "the agent to come online" agent_online ||
 	die "vigil-agent did not come online; last lines of $VAR/agent.log:
