@@ -247,16 +247,17 @@ func processActivity(rec *Record, ev *vigilpb.Event, activity int, name string) 
 	rec.ClassUID, rec.ClassName = ClassProcessActivity, "Process Activity"
 	rec.CategoryUID, rec.CategoryName = categorySystem, "System Activity"
 	rec.ActivityID, rec.ActivityName = activity, name
-	p := ev.GetProcess()
-	rec.Process = process(p)
-	rec.Actor = &Actor{User: user(p)}
-	if p.GetPpid() != 0 {
-		rec.Actor.Process = rec.Process.ParentProcess
-	}
-	processExtras(rec.Unmapped, p)
 	if ev.GetSignal() != 0 {
 		rec.Unmapped["signal"] = ev.GetSignal()
 	}
+
+	p := ev.GetProcess()
+	if p == nil {
+		return
+	}
+	rec.Process = process(p)
+	rec.Actor = &Actor{User: user(p), Process: rec.Process.ParentProcess}
+	processExtras(rec.Unmapped, p)
 }
 
 // networkActivity fills a Network Activity record.
@@ -271,8 +272,9 @@ func networkActivity(rec *Record, ev *vigilpb.Event) {
 		rec.ActionID, rec.Action, rec.DispositionID, rec.Disposition = 2, "Denied", 2, "Blocked"
 		rec.SeverityID = SeverityMedium
 	}
-	rec.SrcEndpoint, rec.DstEndpoint, rec.ConnectionInfo = flow(c)
-
+	if c != nil {
+		rec.SrcEndpoint, rec.DstEndpoint, rec.ConnectionInfo = flow(c)
+	}
 	if p := ev.GetProcess(); p != nil {
 		rec.Actor = &Actor{Process: process(p), User: user(p)}
 		processExtras(rec.Unmapped, p)

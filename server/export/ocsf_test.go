@@ -138,6 +138,18 @@ func TestMapOCSF(t *testing.T) {
 				f(60.0, "unmapped", "finding", "ttl_seconds")},
 		},
 		{
+			name: "fork without details",
+			ev:   &vigilpb.Event{Kind: vigilpb.EventKind_EVENT_KIND_FORK, TimeUnixNano: t0.UnixNano(), Agent: "a"},
+			fields: []field{f(1007.0, "class_uid"), f(1.0, "activity_id"), f(nil, "actor"),
+				f(nil, "process"), f("fork", "unmapped", "kind")},
+		},
+		{
+			name: "connect without details",
+			ev:   &vigilpb.Event{Kind: vigilpb.EventKind_EVENT_KIND_CONNECT, TimeUnixNano: t0.UnixNano(), Agent: "a"},
+			fields: []field{f(4001.0, "class_uid"), f(nil, "src_endpoint"), f(nil, "actor"),
+				f("unspecified", "unmapped", "verdict")},
+		},
+		{
 			name: "level",
 			ev: &vigilpb.Event{Kind: vigilpb.EventKind_EVENT_KIND_LEVEL, TimeUnixNano: t0.UnixNano(),
 				Entity: "device/laptop-7", Message: "device/laptop-7: high -> untrusted"},
