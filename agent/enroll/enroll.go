@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
 	"google.golang.org/grpc"
@@ -140,10 +141,18 @@ func Enroll(ctx context.Context, addr, token, name, dir string) (*Credentials, e
 }
 
 func callEnroll(ctx context.Context, addr string, tok Token, req *vigilpb.EnrollRequest) (*vigilpb.EnrollResponse, error) {
+	var pinErr atomic.Pointer[error]
+	verify := pinnedVerifier(tok.CAHash)
 	cfg := &tls.Config{
-		MinVersion:            tls.VersionTLS13,
-		InsecureSkipVerify:    true, // replaced by the pin check below
-		VerifyPeerCertificate: pinnedVerifier(tok.CAHash),
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // replaced by the pin check below
+		VerifyPeerCertificate: func(raw [][]byte, chains [][]*x509.Certificate) error {
+			err := verify(raw, chains)
+			if err != nil {
+				pinErr.Store(&err)
+			}
+			return err
+		},
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
@@ -152,6 +161,9 @@ func callEnroll(ctx context.Context, addr string, tok Token, req *vigilpb.Enroll
 	defer conn.Close()
 
 	resp, err := vigilpb.NewEnrollmentServiceClient(conn).Enroll(ctx, req)
+	if p := pinErr.Load(); p != nil {
+		return nil, fmt.Errorf("verify server %s: %w", addr, *p)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
@@ -172,7 +184,7 @@ func pinnedVerifier(pin string) func([][]byte, [][]*x509.Certificate) error {
 			}
 		}
 		if ca == nil || !ca.IsCA {
-			return ErrPinMismatch
+			return fmt.Errorf("%w (the server must send its CA certificate in its TLS chain)", ErrPinMismatch)
 		}
 
 		leaf, err := x509.ParseCertificate(raw[0])
