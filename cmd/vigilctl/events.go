@@ -160,6 +160,8 @@ func eventSummary(ev *vigilpb.Event) string {
 		return fmt.Sprintf("%s %s %s: %s", f.GetEntity(), f.GetSeverity(), f.GetDetector(), f.GetReason())
 	case vigilpb.EventKind_EVENT_KIND_LOSS:
 		return fmt.Sprintf("%d events lost", ev.GetLost())
+	case vigilpb.EventKind_EVENT_KIND_POLICY:
+		return ev.GetMessage()
 	}
 	return strings.TrimSpace(ev.GetEntity() + " " + ev.GetMessage())
 }

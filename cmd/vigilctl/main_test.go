@@ -393,7 +393,7 @@ func TestErrors(t *testing.T) {
 			name:   "server signed by another ca",
 			args:   []string{"--server", fx.addr, "--credentials", stranger, "agents", "list"},
 			code:   exitOther,
-			stderr: "vigilctl: server " + fx.addr + " unreachable: ",
+			stderr: "vigilctl: tls handshake with " + fx.addr + " failed: tls: failed to verify certificate: x509: ",
 		},
 		{
 			name:     "not found",

@@ -30,6 +30,13 @@ func TestDescribe(t *testing.T) {
 			want: Failure{Message: "server 127.0.0.1:7443 unreachable: connection refused"},
 		},
 		{
+			name: "tls handshake",
+			err: status.Error(codes.Unavailable, `connection error: desc = "transport: authentication handshake failed: `+
+				`tls: failed to verify certificate: x509: certificate signed by unknown authority"`),
+			want: Failure{Message: "tls handshake with 127.0.0.1:7443 failed: " +
+				"tls: failed to verify certificate: x509: certificate signed by unknown authority"},
+		},
+		{
 			name: "invalid argument",
 			err:  status.Error(codes.InvalidArgument, "peer: want IP or IP:PORT"),
 			want: Failure{Message: "invalid request: peer: want IP or IP:PORT", Rejected: true},

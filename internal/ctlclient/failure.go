@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -51,6 +52,10 @@ var rejections = map[codes.Code]bool{
 	codes.Aborted:            true,
 }
 
+// handshakeFailed is how grpc-go reports a TLS failure inside an
+// Unavailable status.
+const handshakeFailed = "authentication handshake failed"
+
 // Describe turns an error from an AdminService call to server into a
 // Failure. Errors that carry no gRPC status are reported as they are.
 func Describe(err error, server string) Failure {
@@ -66,12 +71,15 @@ func Describe(err error, server string) Failure {
 	if !known {
 		name = "server error"
 	}
+	text := st.Message()
 	if st.Code() == codes.Unavailable {
 		name = "server " + server + " unreachable"
+		if _, detail, ok := strings.Cut(text, handshakeFailed); ok {
+			name, text = "tls handshake with "+server+" failed", strings.Trim(detail, ` :"`)
+		}
 	}
-	msg := name
-	if st.Message() != "" {
-		msg += ": " + st.Message()
+	if text != "" {
+		name += ": " + text
 	}
-	return Failure{Message: msg, Rejected: rejections[st.Code()]}
+	return Failure{Message: name, Rejected: rejections[st.Code()]}
 }
