@@ -352,10 +352,14 @@ func (s *Subject) narrowed() bool {
 }
 
 func sortIngress(es []*vigilpb.IngressEntry) []*vigilpb.IngressEntry {
-	sort.SliceStable(es, func(i, j int) bool { return ingressKey(es[i]) < ingressKey(es[j]) })
+	keys := make(map[*vigilpb.IngressEntry]string, len(es))
+	for _, e := range es {
+		keys[e] = ingressKey(e)
+	}
+	sort.SliceStable(es, func(i, j int) bool { return keys[es[i]] < keys[es[j]] })
 	out := es[:0]
 	for i, e := range es {
-		if i > 0 && ingressKey(e) == ingressKey(es[i-1]) {
+		if i > 0 && keys[e] == keys[es[i-1]] {
 			continue
 		}
 		out = append(out, e)
@@ -373,7 +377,23 @@ func EgressKey(e *vigilpb.EgressEntry) string {
 func IngressKey(e *vigilpb.IngressEntry) string { return ingressKey(e) }
 
 func ingressKey(e *vigilpb.IngressEntry) string {
-	return fmt.Sprintf("%s|%05d|%05d|%d|%d|%d", e.Peer, e.PortMin, e.PortMax, e.Protocol, e.Verdict, e.RuleId)
+	b := make([]byte, 0, 64)
+	b = append(b, e.Peer...)
+	for _, n := range []uint64{uint64(e.PortMin), uint64(e.PortMax), uint64(e.Protocol),
+		uint64(e.Verdict), uint64(e.RuleId)} {
+		b = append(b, '|')
+		b = appendPadded(b, n)
+	}
+	return string(b)
+}
+
+// appendPadded appends n zero-padded to five digits, so that keys of ports
+// sort numerically.
+func appendPadded(b []byte, n uint64) []byte {
+	for d := uint64(10000); d > 1 && n < d; d /= 10 {
+		b = append(b, '0')
+	}
+	return strconv.AppendUint(b, n, 10)
 }
 
 func subjectKey(s *vigilpb.Subject) string {

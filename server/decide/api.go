@@ -134,8 +134,11 @@ func (e *Engine) agentOnline(o *outbox, agent string, hello *vigilpb.Hello) (*vi
 	r.Posture = hello.GetPosture()
 
 	targets := []string{agent}
-	if moved {
+	switch {
+	case moved && e.hosts[agent]:
 		targets = e.allAgents()
+	case moved:
+		targets = e.affected(map[string]bool{detect.DeviceEntity(agent): true})
 	}
 	if err := e.recompute(o, targets); err != nil {
 		return nil, err

@@ -30,23 +30,32 @@ func Diff(prev, next *vigilpb.VerdictTable) *vigilpb.TableDiff {
 }
 
 func diffEntries[E any](prev, next []E, key func(E) string) (added, removed []E) {
+	prevKeys, nextKeys := keysOf(prev, key), keysOf(next, key)
 	had := make(map[string]bool, len(prev))
-	for _, e := range prev {
-		had[key(e)] = true
+	for _, k := range prevKeys {
+		had[k] = true
 	}
 	has := make(map[string]bool, len(next))
-	for _, e := range next {
-		has[key(e)] = true
-		if !had[key(e)] {
-			added = append(added, e)
+	for i, k := range nextKeys {
+		has[k] = true
+		if !had[k] {
+			added = append(added, next[i])
 		}
 	}
-	for _, e := range prev {
-		if !has[key(e)] {
-			removed = append(removed, e)
+	for i, k := range prevKeys {
+		if !has[k] {
+			removed = append(removed, prev[i])
 		}
 	}
 	return added, removed
+}
+
+func keysOf[E any](es []E, key func(E) string) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = key(e)
+	}
+	return out
 }
 
 func diffStrings(prev, next []string) (added, removed []string) {
