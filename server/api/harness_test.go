@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -287,7 +288,11 @@ func (ts *testServer) connect(t *testing.T, cert *tls.Certificate, name string) 
 		cancel()
 		<-a.err
 	})
-	a.send(t, &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Hello{Hello: &vigilpb.Hello{Name: name}}})
+	// A refused stream fails Send with io.EOF; its status comes from Recv.
+	hello := &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Hello{Hello: &vigilpb.Hello{Name: name}}}
+	if err := stream.Send(hello); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
 	return a
 }
 
