@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vigilsec/vigil/internal/testenv"
 )
@@ -22,12 +23,7 @@ func openScoped(t *testing.T, cfg Config) (*Dataplane, *testenv.Cgroup) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	d, err := Open(cfg)
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
 	t.Cleanup(func() {
-		d.Close()
 		if err := Cleanup(cfg.PinPath); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
@@ -35,6 +31,11 @@ func openScoped(t *testing.T, cfg Config) (*Dataplane, *testenv.Cgroup) {
 			t.Errorf("pin path %s left behind", cfg.PinPath)
 		}
 	})
+	d, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { d.Close() })
 	return d, cg
 }
 
@@ -57,10 +58,17 @@ func newScopeCgroup(t *testing.T) *testenv.Cgroup {
 	t.Helper()
 	cg := testenv.NewCgroup(t)
 	t.Cleanup(func() {
-		out, err := exec.Command("bpftool", "cgroup", "show", cg.Path).CombinedOutput()
-		if err == nil && strings.Contains(string(out), "vigil_") {
-			t.Errorf("programs left attached to %s:\n%s", cg.Path, out)
+		// Links are released asynchronously after their last reference.
+		var out []byte
+		for range 100 {
+			var err error
+			out, err = exec.Command("bpftool", "cgroup", "show", cg.Path).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "vigil_") {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
+		t.Errorf("programs left attached to %s:\n%s", cg.Path, out)
 	})
 	return cg
 }
