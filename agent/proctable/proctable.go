@@ -184,11 +184,27 @@ func (t *Table) Observe(ev dataplane.Event) *vigilpb.Event {
 func (t *Table) exec(ev dataplane.Event) Process {
 	task := taskOf(ev)
 	p := t.describe(task)
-	if p.Path == "" {
-		p.Path = ev.Filename
+	if p.SHA256 == "" {
+		t.describeGone(&p, ev)
 	}
 	t.put(p)
 	return p
+}
+
+// describeGone fills in the executable of a process that exited before its
+// exec event was read: the path it passed to execve is hashed when that
+// file is still the one the kernel executed (same device and inode).
+func (t *Table) describeGone(p *Process, ev dataplane.Event) {
+	if p.Path == "" {
+		p.Path = ev.Filename
+	}
+	if !filepath.IsAbs(ev.Filename) {
+		return
+	}
+	sha, id, err := t.HashFile(ev.Filename)
+	if err == nil && (ev.Exe == dataplane.ExecIdentity{} || id == ev.Exe) {
+		p.Path, p.SHA256, p.Exe = ev.Filename, sha, id
+	}
 }
 
 // fork records a new child with its parent's description.

@@ -138,6 +138,33 @@ func TestObserveLifecycle(t *testing.T) {
 	}
 }
 
+func TestExecOfExitedProcess(t *testing.T) {
+	path, sum := copyExe(t)
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		filename string
+		exe      dataplane.ExecIdentity
+		wantSHA  string
+	}{
+		{"same file", path, IdentityFromStat(&st), sum},
+		{"file replaced since", path, dataplane.ExecIdentity{Dev: 1, Ino: 2}, ""},
+		{"relative path", "./vigil-sleeper", IdentityFromStat(&st), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := New(t.TempDir()) // an empty /proc: the process is gone
+			ev := tab.Observe(dataplane.Event{Kind: dataplane.EventExec, PID: 4242, StartTimeNs: 1, Filename: tt.filename, Exe: tt.exe})
+			if ev.Process.Sha256 != tt.wantSHA || ev.Process.Executable != tt.filename {
+				t.Errorf("process %v, want executable %q sha %q", ev.Process, tt.filename, tt.wantSHA)
+			}
+		})
+	}
+}
+
 func TestHashCacheFollowsFileChanges(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(path, []byte("one"), 0o644)
