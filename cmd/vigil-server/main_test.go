@@ -78,17 +78,22 @@ func start(t *testing.T, bin, dir string, args ...string) *server {
 	})
 
 	addr := make(chan string, 1)
+	var logs strings.Builder
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			if m := listenRE.FindStringSubmatch(sc.Text()); m != nil {
 				addr <- m[1]
 			}
+			logs.WriteString(sc.Text() + "\n")
 		}
 		s.exit <- cmd.Wait()
 	}()
 	select {
 	case s.addr = <-addr:
+	case err := <-s.exit:
+		s.exit <- err
+		t.Fatalf("server exited before listening: %v\n%s", err, logs.String())
 	case <-time.After(20 * time.Second):
 		t.Fatal("server did not report its address within 20s")
 	}
@@ -162,6 +167,7 @@ func TestFirstStartShutdownAndCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.cmd.Process.Signal(syscall.SIGKILL)
+	s.exit <- <-s.exit // dead, so its badger lock is free
 	s = start(t, bin, dir)
 	enroll := vigilpb.NewEnrollmentServiceClient(dialNoCert(t, dir, s.addr))
 	for i, token := range []string{tok.Token, second.Token} {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -86,13 +87,20 @@ func serve(c *cli.Context) error {
 	return run(ctx, log, srv, lis, eng, st, m, c.String("metrics"))
 }
 
-// run serves until ctx ends, then shuts the server down gracefully.
+// run serves until ctx ends, then shuts the server down gracefully and waits
+// for the background loops, so the caller may close the store.
 func run(ctx context.Context, log *slog.Logger, srv *api.Server, lis net.Listener,
 	eng *decide.Engine, st *store.Store, m *metrics.Metrics, metricsAddr string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(lis) }()
-	go func() { errc <- eng.Run(ctx) }()
-	go pruneLoop(ctx, log, st)
+
+	// Background loops: engine time (finding expiry, windows) and retention.
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); logLoopErr(log, "engine", eng.Run(ctx)) }()
+	go func() { defer wg.Done(); pruneLoop(ctx, log, st) }()
 
 	// Metrics, when asked for, on their own listener.
 	var msrv *http.Server
@@ -113,7 +121,16 @@ func run(ctx context.Context, log *slog.Logger, srv *api.Server, lis net.Listene
 		log.Info("shutting down")
 	case err = <-errc:
 	}
-	return errors.Join(err, shutdown(srv, msrv))
+	err = errors.Join(err, shutdown(srv, msrv))
+	cancel()
+	wg.Wait()
+	return err
+}
+
+func logLoopErr(log *slog.Logger, loop string, err error) {
+	if err != nil {
+		log.Error("background loop ended", "loop", loop, "err", err)
+	}
 }
 
 func shutdown(srv *api.Server, msrv *http.Server) error {

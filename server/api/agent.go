@@ -41,6 +41,7 @@ func (s *Server) Connect(stream vigilpb.AgentService_ConnectServer) error {
 	if err := s.cfg.Dispatcher.deliverPending(sess); err != nil {
 		return s.internal("load pending instructions", err)
 	}
+	s.receivers.Add(1)
 	go s.receive(ctx, stream, sess)
 	return s.sendLoop(stream, sess)
 }
@@ -150,6 +151,7 @@ func sessionStatus(err error) error {
 // receive reads the agent's messages until the stream ends, then ends the
 // session so the send loop returns.
 func (s *Server) receive(ctx context.Context, stream vigilpb.AgentService_ConnectServer, sess *session) {
+	defer s.receivers.Done()
 	limit := newBucket(agentMsgRate, agentMsgBurst)
 	for {
 		msg, err := stream.Recv()
@@ -201,7 +203,7 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 
 func (s *Server) tableAcked(agent string, ack *vigilpb.TableAck) {
 	if ack.GetError() != "" {
-		s.log.Warn("agent could not apply table", "agent", agent, "version", ack.GetVersion(), "err", ack.GetError())
+		s.log.Warn("agent could not apply table", "agent", agent, "table_version", ack.GetVersion(), "err", ack.GetError())
 		return
 	}
 	s.logErr(s.cfg.Registry.TableAcked(agent, ack.GetVersion()), "record table ack", agent)

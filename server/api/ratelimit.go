@@ -75,7 +75,8 @@ func (b *bucket) wait(ctx context.Context) error {
 }
 
 // keyedLimiter keeps one bucket per key (a peer address), forgetting them
-// all when it tracks too many, so it cannot grow without bound.
+// all when it tracks too many, so it cannot grow without bound; an attacker
+// spread over that many addresses at once therefore resets everyone's count.
 type keyedLimiter struct {
 	rate, burst float64
 	max         int

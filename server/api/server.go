@@ -90,6 +90,9 @@ type Server struct {
 	enrollRL *keyedLimiter
 	quit     chan struct{}
 	quitOnce sync.Once
+	// receivers counts the agent streams' receive goroutines, which
+	// Shutdown waits for so no message is handled after it returns.
+	receivers sync.WaitGroup
 }
 
 // New builds a server and its TLS credentials (issuing the server
@@ -152,7 +155,8 @@ func (s *Server) Serve(lis net.Listener) error {
 
 // Shutdown stops accepting connections, ends every agent and follower stream
 // (agents reconnect to the next server), waits for unary calls in flight
-// until ctx ends, then closes every connection.
+// until ctx ends, then closes every connection. When it returns no handler
+// runs any more and the caller may close the store.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.quitOnce.Do(func() { close(s.quit) })
 	stopped := make(chan struct{})
@@ -166,6 +170,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.grpc.Stop()
 		<-stopped
 	}
+	s.receivers.Wait()
 }
 
 var errShutdown = status.Error(codes.Unavailable, "server shutting down")

@@ -173,10 +173,14 @@ func (r *Registry) Known(name string) bool {
 	return ok
 }
 
-// Seen records that the agent sent a message now; it is kept in memory and
-// persisted with the next report or when the agent goes offline.
+// Seen records that the agent sent a message now. An unknown name is
+// ignored.
+//
+// The time is kept in memory and persisted only with the next report or when
+// the agent goes offline, so after a crash last_seen can be older than the
+// agent's last message.
 func (r *Registry) Seen(name string) {
-	r.update(name, false, func(a *vigilpb.Agent) {})
+	_ = r.update(name, false, func(*vigilpb.Agent) {})
 }
 
 // TableAcked records the table version the agent enforces.

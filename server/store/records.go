@@ -39,6 +39,9 @@ func (s *Store) AppendAudit(rec AuditRecord) error {
 }
 
 // Audit returns the audit log, oldest first.
+//
+// The audit log is kept without a retention bound and protocol v1 has no
+// call to read it, so it is read only from the store.
 func (s *Store) Audit() ([]AuditRecord, error) {
 	var out []AuditRecord
 	err := s.scanJSON(pfxAudit, func() any { out = append(out, AuditRecord{}); return &out[len(out)-1] })

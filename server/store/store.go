@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -167,13 +168,13 @@ type badgerLogger struct{ l *slog.Logger }
 
 func (b badgerLogger) Errorf(f string, a ...any) {
 	if b.l != nil {
-		b.l.Error("badger", "msg", fmt.Sprintf(f, a...))
+		b.l.Error("badger", "detail", strings.TrimSpace(fmt.Sprintf(f, a...)))
 	}
 }
 
 func (b badgerLogger) Warningf(f string, a ...any) {
 	if b.l != nil {
-		b.l.Warn("badger", "msg", fmt.Sprintf(f, a...))
+		b.l.Warn("badger", "detail", strings.TrimSpace(fmt.Sprintf(f, a...)))
 	}
 }
 
