@@ -20,6 +20,7 @@ package policy
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
@@ -219,6 +220,27 @@ func (p *Policy) StartLevel(kind string) string {
 func (p *Policy) Service(name string) (*Service, bool) {
 	s, ok := p.services[name]
 	return s, ok
+}
+
+// Users returns the user names the policy mentions (in groups and rule
+// subjects), sorted, without the wildcard and numeric uids.
+func (p *Policy) Users() []string {
+	var out []string
+	for _, g := range p.Groups {
+		out = append(out, g.Users...)
+	}
+	for _, r := range p.Rules {
+		for _, s := range r.Subjects {
+			out = append(out, s.Users...)
+		}
+	}
+	kept := out[:0]
+	for _, u := range sortedUnique(out) {
+		if u != Any && strings.Trim(u, "0123456789") != "" {
+			kept = append(kept, u)
+		}
+	}
+	return kept
 }
 
 // RuleByID returns the rule with a compiled id.

@@ -274,6 +274,9 @@ func (e *Engine) Entities(kind string) ([]*vigilpb.Entity, error) {
 	for _, s := range e.policy.Services {
 		names[policy.KindService+"/"+s.Name] = true
 	}
+	for _, u := range e.policy.Users() {
+		names[policy.KindUser+"/"+u] = true
+	}
 	var out []*vigilpb.Entity
 	for _, n := range sortedKeys(names) {
 		if k, _, _ := evaluate.Split(n); kind == "" || k == kind {

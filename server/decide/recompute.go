@@ -138,7 +138,10 @@ func (e *Engine) recompute(o *outbox, agents []string) error {
 }
 
 func (e *Engine) recomputeAgent(o *outbox, w *policy.World, name string) error {
-	r := e.agents[name]
+	r, ok := e.agents[name]
+	if !ok {
+		return nil
+	}
 	next := policy.CompileAgent(e.policy, w, name)
 	prev := r.Table
 	if prev != nil {

@@ -52,6 +52,9 @@ type Change struct {
 
 // Book holds the entities. It is not safe for concurrent use: its owner
 // serializes calls.
+//
+// Entities are never forgotten: a process entity with findings stays in the
+// book, and in the listing, after the process exits.
 type Book struct {
 	policy   *policy.Policy
 	entities map[string]*Entity
