@@ -156,6 +156,19 @@ func expireToken(t *testing.T, st *store.Store, text string) {
 	}
 }
 
+func TestServerChainCarriesPinnedCA(t *testing.T) {
+	ts := runServer(t, t.TempDir())
+	conn, err := tls.Dial("tcp", ts.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	chain := conn.ConnectionState().PeerCertificates
+	if len(chain) != 2 || pki.Fingerprint(chain[1].Raw) != ts.ca.Fingerprint() {
+		t.Fatalf("server sent %d certificates; want the leaf and the CA the tokens pin", len(chain))
+	}
+}
+
 func TestEnrollGuessingIsLimited(t *testing.T) {
 	ts := runServer(t, t.TempDir())
 	client := vigilpb.NewEnrollmentServiceClient(dial(t, ts.addr, ts.ca.CertPEM(), nil))

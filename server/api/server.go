@@ -135,6 +135,9 @@ func serverTLS(ca *pki.Authority, hosts []string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server certificate: %w", err)
 	}
+	// The CA goes out with the leaf so an enrolling agent, which trusts
+	// nothing yet, can match it against the fingerprint in its token.
+	pair.Certificate = append(pair.Certificate, ca.CertDER())
 	return &tls.Config{
 		Certificates: []tls.Certificate{pair},
 		ClientCAs:    ca.Pool(),

@@ -89,6 +89,9 @@ func createCA(pkiDir, certPath, keyPath string) error {
 	return writePair(certPath, keyPath, der, key)
 }
 
+// CertDER returns the CA certificate in DER form.
+func (a *Authority) CertDER() []byte { return a.cert.Raw }
+
 // CertPEM returns the CA certificate in PEM form.
 func (a *Authority) CertPEM() []byte { return a.certPEM }
 
