@@ -127,6 +127,7 @@ func (e *Engine) agentOnline(o *outbox, agent string, hello *vigilpb.Hello) (*vi
 	addrs := hello.GetAddresses()
 	moved := !known || fmt.Sprint(parseAddrs(addrs)) != fmt.Sprint(parseAddrs(r.Addresses))
 	r.Addresses, r.Scope, r.Online = addrs, hello.GetScope(), true
+	o.full = agent
 	e.rebuildWorld()
 	if err := e.handle(o, e.detect.Posture(agent, hello.GetPosture(), e.now())); err != nil {
 		return nil, err

@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/vigilsec/vigil/server/store"
+
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
 	"github.com/vigilsec/vigil/policy"
 )
@@ -24,6 +26,9 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden from the curr
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const hashX = "abababababababababababababababababababababababababababababababab"
+
+// The server's store provides the engine's KV.
+var _ KV = (*store.Namespace)(nil)
 
 // memKV is an in-memory KV.
 type memKV struct {
@@ -183,7 +188,8 @@ func (f *fixture) reopen() {
 
 func (f *fixture) online(agent, addr string) *vigilpb.VerdictTable {
 	t, err := f.e.AgentOnline(context.Background(), agent, &vigilpb.Hello{Name: agent,
-		Addresses: []string{addr, "127.0.0.1", "fe80::1"}, Posture: &vigilpb.Posture{HostId: agent}})
+		Addresses: []string{addr, "127.0.0.1", "fe80::1"},
+		Posture:   &vigilpb.Posture{HostId: agent, KernelVersion: "6.18.0"}})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -400,6 +406,26 @@ func TestStateSurvivesNew(t *testing.T) {
 		t.Fatal(err)
 	}
 	equal(t, "admin cut restored", f.table("laptop").CutPeers, []string{"10.2.0.1:8080"})
+}
+
+func TestPostureDenyAtHello(t *testing.T) {
+	f := newFixture(t)
+	tab, err := f.e.AgentOnline(context.Background(), "old-box", &vigilpb.Hello{Addresses: []string{"10.1.0.9"},
+		Posture: &vigilpb.Posture{HostId: "old", KernelVersion: "4.19.0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "old-box table version", tab.Version, 1)
+	equal(t, "old-box -> crm", f.egress("old-box", "10.2.0.1", 8080), vigilpb.Verdict_VERDICT_DENY)
+	equal(t, "crm-host admits old-box", ingressVerdict(f.table("crm-host"), "10.1.0.9/32"), vigilpb.Verdict_VERDICT_DENY)
+	equal(t, "diffs to old-box", len(f.sink.diffs["old-box"]), 0)
+
+	tab, err = f.e.AgentOnline(context.Background(), "old-box", &vigilpb.Hello{Addresses: []string{"10.1.0.9"},
+		Posture: &vigilpb.Posture{HostId: "old", KernelVersion: "4.19.0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "reconnect keeps the version", tab.Version, 1)
 }
 
 func TestRejectedPolicyChangesNothing(t *testing.T) {

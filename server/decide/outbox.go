@@ -12,6 +12,9 @@ import (
 type outbox struct {
 	ops []func() error
 	err error // from settling expired findings when the decision began
+	// full names an agent about to receive its full table: its diffs are
+	// left out, since the table already holds them.
+	full string
 }
 
 // lock takes mu, settles what expired since the last decision and returns
@@ -48,6 +51,9 @@ func (e *Engine) emitRecord(o *outbox, ev *vigilpb.Event) {
 }
 
 func (e *Engine) emitDiff(o *outbox, agent string, d *vigilpb.TableDiff) {
+	if agent == o.full {
+		return
+	}
 	o.ops = append(o.ops, func() error {
 		e.sink.PushDiff(agent, d)
 		return nil
