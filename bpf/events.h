@@ -29,9 +29,19 @@ static __always_inline struct vigil_event *reserve_event(__u8 kind)
 	return e;
 }
 
+/* WAKEUP_BYTES is how much unread data wakes the reader; below it records
+ * are submitted without a wakeup and the reader finds them at its next
+ * poll deadline. Waking the reader for every connect costs more than the
+ * hooks themselves. */
+#define WAKEUP_BYTES (64 * 1024)
+
 static __always_inline void submit_event(struct vigil_event *e)
 {
-	bpf_ringbuf_submit(e, 0);
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	__u64 mark = size / 4 < WAKEUP_BYTES ? size / 4 : WAKEUP_BYTES;
+
+	bpf_ringbuf_submit(e, avail >= mark ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	count(COUNTER_EVENTS_EMITTED);
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -15,7 +17,8 @@ var ErrClosed = errors.New("event reader closed")
 // EventReader reads decoded events from the ring buffer. Read and Close
 // may be called from different goroutines; only one goroutine may Read.
 type EventReader struct {
-	rd *ringbuf.Reader
+	rd  *ringbuf.Reader
+	rec ringbuf.Record // reused by Read; only the reading goroutine touches it
 }
 
 // Events opens a reader on the ring buffer. The caller must Close it. Only
@@ -28,16 +31,25 @@ func (d *Dataplane) Events() (*EventReader, error) {
 	return &EventReader{rd: rd}, nil
 }
 
+// pollInterval bounds how long a submitted event waits for the reader: the
+// kernel wakes the reader only once enough data is buffered.
+const pollInterval = 20 * time.Millisecond
+
 // Read blocks until the next event; ErrClosed after Close.
 func (r *EventReader) Read() (Event, error) {
-	rec, err := r.rd.Read()
-	if errors.Is(err, ringbuf.ErrClosed) {
-		return Event{}, ErrClosed
+	for {
+		r.rd.SetDeadline(time.Now().Add(pollInterval))
+		err := r.rd.ReadInto(&r.rec)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return Event{}, ErrClosed
+		case err != nil:
+			return Event{}, fmt.Errorf("read ring buffer: %w", err)
+		}
+		return decodeEvent(r.rec.RawSample)
 	}
-	if err != nil {
-		return Event{}, fmt.Errorf("read ring buffer: %w", err)
-	}
-	return decodeEvent(rec.RawSample)
 }
 
 // Close unblocks Read and releases the reader.
