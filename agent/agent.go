@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -189,13 +190,13 @@ func newAgent(ctx context.Context, cfg Config, creds *enroll.Credentials, dp *da
 // openApplier restores the saved table and writes it in its offline form
 // until the server is reached.
 func (a *agent) openApplier(ctx context.Context) error {
-	server, err := serverPrefixes(ctx, a.cfg.Server)
+	server, port, err := serverAddress(ctx, a.cfg.Server)
 	if err != nil {
 		return err
 	}
 	a.applier, err = apply.New(apply.Config{
 		Kernel: a.dp, Resolver: a.procs, StateDir: filepath.Join(a.cfg.DataDir, "state"),
-		Scope: a.cfg.Cgroup, Server: server,
+		Scope: a.cfg.Cgroup, Server: server, ServerPort: port,
 	})
 	if err != nil {
 		return fmt.Errorf("open applier: %w", err)
@@ -206,22 +207,27 @@ func (a *agent) openApplier(ctx context.Context) error {
 	return nil
 }
 
-// serverPrefixes resolves the server's host to host prefixes.
-func serverPrefixes(ctx context.Context, addr string) ([]netip.Prefix, error) {
-	host, _, err := net.SplitHostPort(addr)
+// serverAddress resolves the server's host to host prefixes and its port.
+func serverAddress(ctx context.Context, addr string) ([]netip.Prefix, uint16, error) {
+	host, portText, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("parse server address %q: %w", addr, err)
+		return nil, 0, fmt.Errorf("parse server address %q: %w", addr, err)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil {
+		return nil, 0, fmt.Errorf("parse server port %q: %w", portText, err)
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil {
-		return nil, fmt.Errorf("resolve server %q: %w", host, err)
+		return nil, 0, fmt.Errorf("resolve server %q: %w", host, err)
 	}
+
 	var out []netip.Prefix
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 	}
-	return out, nil
+	return out, uint16(port), nil
 }
 
 // run starts the loops and waits for ctx to end.

@@ -35,6 +35,7 @@ type server struct {
 	ca    *testpki.CA
 	token string
 	addr  string
+	stop  func() // closes the listener and every stream
 	in    chan *vigilpb.AgentMessage
 	out   chan *vigilpb.ServerMessage
 }
@@ -53,7 +54,7 @@ func newServer(t *testing.T) *server {
 	vigilpb.RegisterAgentServiceServer(gs, s)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	s.addr = lis.Addr().String()
+	s.addr, s.stop = lis.Addr().String(), gs.Stop
 	return s
 }
 
@@ -328,4 +329,94 @@ func runFor(t *testing.T, srv *server, dataDir, scope string, body func()) error
 		t.Errorf("Run: %v", err)
 	}
 	return err
+}
+
+// connectFrom runs a TCP connect to addr from inside the cgroup and reports
+// whether it succeeded.
+func connectFrom(t *testing.T, cg *testenv.Cgroup, host string, port int) bool {
+	t.Helper()
+	script := fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", host, port)
+	return cg.Command(t, "bash", "-c", script).Run() == nil
+}
+
+func listen(t *testing.T, network, addr string) int {
+	t.Helper()
+	lis, err := net.Listen(network, addr)
+	if err != nil {
+		t.Skipf("listen %s: %v", addr, err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return lis.Addr().(*net.TCPAddr).Port
+}
+
+// TestFailModesWhileOffline loses the server and checks the kernel: closed
+// denies every egress but to the server's address, open turns denies into
+// audits.
+func TestFailModesWhileOffline(t *testing.T) {
+	testenv.RequireRoot(t)
+	tests := []struct {
+		name       string
+		mode       vigilpb.FailMode
+		wantServer bool // a connect to the server's address and port (127.0.0.1)
+		wantPort   bool // a connect to another port of the server's address
+		wantOther  bool // a connect to ::1, which no rule names
+		wantDenied bool // a connect to the port the table denies
+	}{
+		{"closed", vigilpb.FailMode_FAIL_MODE_CLOSED, true, false, false, false},
+		{"open", vigilpb.FailMode_FAIL_MODE_OPEN, true, true, true, true},
+		{"last known", vigilpb.FailMode_FAIL_MODE_LAST_KNOWN, true, true, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cg := testenv.NewCgroup(t)
+			srv := newServer(t)
+			startAgent(t, srv, t.TempDir(), cg.Path)
+			v4 := listen(t, "tcp4", "127.0.0.1:0")
+			denied := listen(t, "tcp4", "127.0.0.1:0")
+			v6 := listen(t, "tcp6", "[::1]:0")
+
+			srv.expect(t, "hello", func(m *vigilpb.AgentMessage) bool { return m.GetHello() != nil })
+			srv.send(&vigilpb.ServerMessage{Body: &vigilpb.ServerMessage_Table{Table: &vigilpb.VerdictTable{
+				Version: 1, DefaultEgress: vigilpb.Verdict_VERDICT_ALLOW, FailMode: tt.mode,
+				Egress: []*vigilpb.EgressEntry{{RuleId: 3, Destination: "127.0.0.1/32", PortMin: uint32(denied), PortMax: uint32(denied),
+					Protocol: vigilpb.Protocol_PROTOCOL_TCP, Verdict: vigilpb.Verdict_VERDICT_DENY}},
+			}}})
+			srv.expect(t, "table ack", func(m *vigilpb.AgentMessage) bool { return m.GetTableAck() != nil })
+			if !connectFrom(t, cg, "::1", v6) || connectFrom(t, cg, "127.0.0.1", denied) {
+				t.Fatal("online table not in force")
+			}
+
+			srv.stop()
+			// Something else now answers on the server's port; the agent
+			// stays offline, since it does not speak the protocol.
+			serverPort := listen(t, "tcp4", srv.addr)
+			want := func() bool {
+				return connectFrom(t, cg, "127.0.0.1", denied) == tt.wantDenied && connectFrom(t, cg, "::1", v6) == tt.wantOther
+			}
+			for deadline := time.Now().Add(5 * time.Second); !want() && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if got := connectFrom(t, cg, "::1", v6); got != tt.wantOther {
+				t.Errorf("offline connect to ::1 succeeded=%v, want %v", got, tt.wantOther)
+			}
+			if got := connectFrom(t, cg, "127.0.0.1", denied); got != tt.wantDenied {
+				t.Errorf("offline connect to the denied port succeeded=%v, want %v", got, tt.wantDenied)
+			}
+			if got := connectFrom(t, cg, "127.0.0.1", v4); got != tt.wantPort {
+				t.Errorf("offline connect to another port of the server's address succeeded=%v, want %v", got, tt.wantPort)
+			}
+			if got := connectFrom(t, cg, "127.0.0.1", serverPort); got != tt.wantServer {
+				t.Errorf("offline connect to the server succeeded=%v, want %v", got, tt.wantServer)
+			}
+		})
+	}
 }

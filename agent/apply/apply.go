@@ -70,9 +70,10 @@ type Config struct {
 	Resolver Resolver
 	StateDir string // holds table.pb and instructions.json (created 0700)
 	Scope    string // cgroup v2 directory the agent protects
-	// Server are the server's addresses: exempt from quarantine and allowed
-	// by the closed fail mode.
-	Server []netip.Prefix
+	// Server are the server's addresses, exempt from quarantine; with
+	// ServerPort, the one destination the closed fail mode allows.
+	Server     []netip.Prefix
+	ServerPort uint16
 }
 
 // Applier holds the agent's verdict table and carries out instructions.
@@ -251,7 +252,7 @@ func (a *Applier) write(t *vigilpb.VerdictTable) error {
 	}
 	kt.QuarantineExempt = a.cfg.Server
 	if !a.online {
-		kt = failModeTable(kt, t.FailMode, a.cfg.Server)
+		kt = failModeTable(kt, t.FailMode, a.cfg.Server, a.cfg.ServerPort)
 	}
 
 	if err := a.cfg.Kernel.ApplyTable(kt); err != nil {

@@ -108,7 +108,7 @@ func newFixture(t *testing.T) *fixture {
 
 func (f *fixture) open(t *testing.T) *Applier {
 	t.Helper()
-	a, err := New(Config{Kernel: f.k, Resolver: f.procs, StateDir: f.dir, Scope: f.scope, Server: []netip.Prefix{serverPrefix}})
+	a, err := New(Config{Kernel: f.k, Resolver: f.procs, StateDir: f.dir, Scope: f.scope, Server: []netip.Prefix{serverPrefix}, ServerPort: 7443})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestFailModes(t *testing.T) {
 		{"open", vigilpb.FailMode_FAIL_MODE_OPEN, dataplane.VerdictAllow,
 			dataplane.EgressRule{RuleID: 1, Dest: netip.MustParsePrefix("10.0.0.0/8"), PortMin: 1, PortMax: 65535, Proto: dataplane.ProtoTCP, Verdict: dataplane.VerdictAudit}},
 		{"closed", vigilpb.FailMode_FAIL_MODE_CLOSED, dataplane.VerdictDeny,
-			dataplane.EgressRule{Dest: serverPrefix, PortMin: 0, PortMax: 65535, Proto: dataplane.ProtoAny, Verdict: dataplane.VerdictAllow}},
+			dataplane.EgressRule{Dest: serverPrefix, PortMin: 7443, PortMax: 7443, Proto: dataplane.ProtoTCP, Verdict: dataplane.VerdictAllow}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -281,7 +281,8 @@ func TestFailModes(t *testing.T) {
 			}
 			kt := f.k.last(t)
 			if kt.DefaultEgress != tt.wantDefault || len(kt.Egress) != 1 || kt.Egress[0].Verdict != tt.wantRule.Verdict ||
-				kt.Egress[0].Dest != tt.wantRule.Dest || kt.Egress[0].Proto != tt.wantRule.Proto {
+				kt.Egress[0].Dest != tt.wantRule.Dest || kt.Egress[0].Proto != tt.wantRule.Proto ||
+				kt.Egress[0].PortMin != tt.wantRule.PortMin || kt.Egress[0].PortMax != tt.wantRule.PortMax {
 				t.Errorf("offline table default %d egress %+v, want default %d rule %+v", kt.DefaultEgress, kt.Egress, tt.wantDefault, tt.wantRule)
 			}
 			if len(kt.QuarantineExempt) != 1 || kt.QuarantineExempt[0] != serverPrefix {
