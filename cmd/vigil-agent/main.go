@@ -22,7 +22,14 @@ import (
 var version = "dev"
 
 func main() {
-	app := &cli.App{
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "vigil-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
 		Name:            "vigil-agent",
 		Usage:           "enforce Vigil's verdicts in this host's kernel and report what happens",
 		Version:         version,
@@ -31,10 +38,6 @@ func main() {
 		HideHelpCommand: true,
 		UsageText: "vigil-agent --server ADDR --token TOKEN --data-dir DIR [--name NAME] [--cgroup PATH] [--metrics ADDR] [--address IP ...]\n" +
 			"vigil-agent --cleanup [--cgroup PATH]",
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "vigil-agent:", err)
-		os.Exit(1)
 	}
 }
 
