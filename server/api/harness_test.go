@@ -178,7 +178,7 @@ func (ts *testServer) stop() {
 
 // dial connects with the given client certificate (nil: none), trusting
 // the server's CA.
-func dial(t *testing.T, addr string, caPEM []byte, cert *tls.Certificate) *grpc.ClientConn {
+func dial(t testing.TB, addr string, caPEM []byte, cert *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
@@ -195,7 +195,7 @@ func dial(t *testing.T, addr string, caPEM []byte, cert *tls.Certificate) *grpc.
 }
 
 // adminCert issues an admin certificate of role from ca.
-func adminCert(t *testing.T, ca *pki.Authority, role pki.Role) *tls.Certificate {
+func adminCert(t testing.TB, ca *pki.Authority, role pki.Role) *tls.Certificate {
 	t.Helper()
 	dir := t.TempDir()
 	if err := ca.IssueAdmin(role, "tester", dir); err != nil {
@@ -208,11 +208,11 @@ func adminCert(t *testing.T, ca *pki.Authority, role pki.Role) *tls.Certificate 
 	return &pair
 }
 
-func (ts *testServer) admin(t *testing.T, role pki.Role) vigilpb.AdminServiceClient {
+func (ts *testServer) admin(t testing.TB, role pki.Role) vigilpb.AdminServiceClient {
 	return vigilpb.NewAdminServiceClient(dial(t, ts.addr, ts.ca.CertPEM(), adminCert(t, ts.ca, role)))
 }
 
-func (ts *testServer) token(t *testing.T) string {
+func (ts *testServer) token(t testing.TB) string {
 	t.Helper()
 	resp, err := ts.admin(t, pki.RoleOperator).CreateToken(context.Background(), &vigilpb.CreateTokenRequest{})
 	if err != nil {
@@ -222,7 +222,7 @@ func (ts *testServer) token(t *testing.T) string {
 }
 
 // csr returns a fresh key and a certificate request for it.
-func csr(t *testing.T) (*ecdsa.PrivateKey, []byte) {
+func csr(t testing.TB) (*ecdsa.PrivateKey, []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -236,7 +236,7 @@ func csr(t *testing.T) (*ecdsa.PrivateKey, []byte) {
 }
 
 // enroll enrolls name with a fresh token and returns the agent's TLS pair.
-func (ts *testServer) enroll(t *testing.T, name string) *tls.Certificate {
+func (ts *testServer) enroll(t testing.TB, name string) *tls.Certificate {
 	t.Helper()
 	key, der := csr(t)
 	client := vigilpb.NewEnrollmentServiceClient(dial(t, ts.addr, ts.ca.CertPEM(), nil))
@@ -264,7 +264,7 @@ type agentStream struct {
 	err    chan error
 }
 
-func (ts *testServer) connect(t *testing.T, cert *tls.Certificate, name string) *agentStream {
+func (ts *testServer) connect(t testing.TB, cert *tls.Certificate, name string) *agentStream {
 	t.Helper()
 	client := vigilpb.NewAgentServiceClient(dial(t, ts.addr, ts.ca.CertPEM(), cert))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -296,7 +296,7 @@ func (ts *testServer) connect(t *testing.T, cert *tls.Certificate, name string) 
 	return a
 }
 
-func (a *agentStream) send(t *testing.T, msg *vigilpb.AgentMessage) {
+func (a *agentStream) send(t testing.TB, msg *vigilpb.AgentMessage) {
 	t.Helper()
 	if err := a.stream.Send(msg); err != nil {
 		t.Fatal(err)
@@ -304,7 +304,7 @@ func (a *agentStream) send(t *testing.T, msg *vigilpb.AgentMessage) {
 }
 
 // next returns the next server message, failing after a few seconds.
-func (a *agentStream) next(t *testing.T) *vigilpb.ServerMessage {
+func (a *agentStream) next(t testing.TB) *vigilpb.ServerMessage {
 	t.Helper()
 	select {
 	case m := <-a.msgs:
@@ -319,7 +319,7 @@ func (a *agentStream) next(t *testing.T) *vigilpb.ServerMessage {
 }
 
 // end waits for the stream to end and returns its error.
-func (a *agentStream) end(t *testing.T) error {
+func (a *agentStream) end(t testing.TB) error {
 	t.Helper()
 	select {
 	case err := <-a.err:
