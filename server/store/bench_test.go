@@ -21,7 +21,7 @@ func BenchmarkAppendEvents(b *testing.B) {
 		for i := range batch {
 			seq++
 			batch[i] = &vigilpb.Event{Seq: seq, Kind: vigilpb.EventKind_EVENT_KIND_CONNECT,
-				Process: &vigilpb.Process{Pid: 42, Executable: "/usr/bin/curl"},
+				Process:    &vigilpb.Process{Pid: 42, Executable: "/usr/bin/curl"},
 				Connection: &vigilpb.Connection{RemoteAddress: "10.0.0.1", RemotePort: 443}}
 		}
 		if _, _, err := s.AppendEvents("a", batch); err != nil {
