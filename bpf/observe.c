@@ -2,7 +2,7 @@
 /* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
 /* Process observation and process enforcement: tp_btf sched_process_exec,
  * sched_process_fork and sched_process_exit. These programs are global;
- * each checks that the current task is in scope first.
+ * each checks first that the task it reports is in scope.
  *
  * Exec also enforces kill-on-exec and pending kills: SIGKILL sent here is
  * delivered before the new image runs a single user instruction. Fork adds
@@ -83,14 +83,15 @@ static __always_inline void follow_kill(struct task_struct *parent, struct task_
 	bpf_map_update_elem(&kill_targets, &tgid, &ck, BPF_ANY);
 }
 
-/* tp_btf/sched_process_fork: reports a new process (not a new thread) and
- * follows tree kills. Return value unused. */
+/* tp_btf/sched_process_fork: reports a new process (not a new thread) whose
+ * cgroup is in scope (a child cloned into the scope from outside counts),
+ * and follows tree kills. Return value unused. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(vigil_fork, struct task_struct *parent, struct task_struct *child)
 {
 	struct vigil_event *e;
 
-	if (child->pid != child->tgid || !current_in_scope())
+	if (child->pid != child->tgid || !cgroup_in_scope(child->cgroups->dfl_cgrp))
 		return 0;
 	follow_kill(parent->group_leader, child);
 

@@ -76,8 +76,9 @@ func (d *Dataplane) walkTasks() ([]Task, error) {
 	return out, nil
 }
 
-// Kill sends SIGKILL to the process (pid, startNs), never to another process
-// that reuses the pid: ErrNoProcess if (pid, startNs) is not alive. The
+// Kill sends SIGKILL to the process (pid, startNs) in scope, never to
+// another process that reuses the pid: ErrNoProcess if (pid, startNs) is not
+// alive in scope. The
 // target is also recorded in kill_targets, so it dies at its next exec even
 // if the signal were lost. With tree, every descendant dies too, including
 // children forked while the kill is in flight; Kill then returns once none
@@ -86,7 +87,7 @@ func (d *Dataplane) Kill(pid uint32, startNs uint64, tree bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
-	all, err := d.walkTasks()
+	all, err := d.Tasks()
 	if err != nil {
 		return err
 	}
@@ -115,7 +116,7 @@ func (d *Dataplane) killTree(pid uint32, startNs uint64) error {
 	}
 	deadline := time.Now().Add(treeKillTimeout)
 	for time.Now().Before(deadline) {
-		all, err := d.walkTasks()
+		all, err := d.Tasks()
 		if err != nil {
 			return err
 		}
@@ -160,7 +161,7 @@ func (d *Dataplane) signalAll(tasks []Task) error {
 // until a walk finds no new one. The fork hook marks later children.
 func (d *Dataplane) markDescendants(victims map[uint32]uint64) error {
 	for {
-		all, err := d.walkTasks()
+		all, err := d.Tasks()
 		if err != nil {
 			return err
 		}

@@ -200,6 +200,10 @@ func TestTasksAndObservation(t *testing.T) {
 	if exec.StartTimeNs != start || exec.Exe != id || exec.CgroupID != cg.ID {
 		t.Errorf("exec event = %+v, want start %d exe %+v", exec, start, id)
 	}
+	fork := w.wait(t, "fork", func(e Event) bool { return e.Kind == EventFork && e.ChildPID == pid })
+	if fork.ChildStartNs != start || fork.PID != uint32(os.Getpid()) {
+		t.Errorf("fork event = %+v, want child start %d from pid %d", fork, start, os.Getpid())
+	}
 	exit := w.wait(t, "exit", func(e Event) bool { return e.Kind == EventExit && e.PID == pid })
 	if exit.Signal != uint32(syscall.SIGKILL) || exit.StartTimeNs != start {
 		t.Errorf("exit event = %+v, want signal 9", exit)

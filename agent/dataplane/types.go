@@ -44,14 +44,15 @@ type Subject struct {
 type EgressRule struct {
 	RuleID  uint32       // reported with every verdict it takes
 	Dest    netip.Prefix // destination prefix (IPv4 or IPv6)
-	PortMin uint16       // first destination port, inclusive
+	PortMin uint16       // first destination port, inclusive; 0 with PortMax 0: every port
 	PortMax uint16       // last destination port, inclusive
 	Proto   Protocol
 	Subject Subject
 	Verdict Verdict
 }
 
-// PortRange is an inclusive range of local ports for one transport.
+// PortRange is an inclusive range of local ports for one transport; Min
+// and Max both 0 cover every port.
 type PortRange struct {
 	Min, Max uint16
 	Proto    Protocol
@@ -62,7 +63,7 @@ type PortRange struct {
 type IngressRule struct {
 	RuleID  uint32
 	Peer    netip.Prefix // remote address prefix
-	PortMin uint16       // first local port, inclusive
+	PortMin uint16       // first local port, inclusive; 0 with PortMax 0: every port
 	PortMax uint16       // last local port, inclusive
 	Proto   Protocol
 	Verdict Verdict
@@ -78,7 +79,7 @@ type Peer struct {
 // Table is everything the kernel enforces for one scope. ApplyTable replaces
 // it atomically: no connection is ever judged against a partly written table.
 type Table struct {
-	DefaultEgress  Verdict
+	DefaultEgress  Verdict // zero allows
 	Egress         []EgressRule
 	ProtectedPorts []PortRange
 	Ingress        []IngressRule
