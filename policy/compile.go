@@ -223,7 +223,8 @@ func (p *Policy) egress(w *World, a *Agent) []*vigilpb.EgressEntry {
 	return out
 }
 
-func (p *Policy) ruleEgress(out []*vigilpb.EgressEntry, w *World, r *Rule, s *Subject, sel selector) []*vigilpb.EgressEntry {
+func (p *Policy) ruleEgress(out []*vigilpb.EgressEntry, w *World, r *Rule, s *Subject,
+	sel selector) []*vigilpb.EgressEntry {
 	for _, name := range r.Services {
 		svc := p.services[name]
 		v := p.Admits(w, r, sel.entities, p.Required(svc.MinLevel, s.Level))

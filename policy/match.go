@@ -52,7 +52,8 @@ func subtractDenies(a *vigilpb.EgressEntry, denies []*vigilpb.EgressEntry) []*vi
 	return append(out, parts...)
 }
 
-func withPorts(e *vigilpb.EgressEntry, lo, hi uint32, v vigilpb.Verdict, id uint32) *vigilpb.EgressEntry {
+func withPorts(e *vigilpb.EgressEntry, lo, hi uint32, v vigilpb.Verdict,
+	id uint32) *vigilpb.EgressEntry {
 	return &vigilpb.EgressEntry{RuleId: id, Destination: e.Destination, PortMin: lo, PortMax: hi,
 		Protocol: e.Protocol, Subject: cloneSubject(e.Subject), Verdict: v}
 }
@@ -111,7 +112,8 @@ type Process struct {
 // Lookup judges an outbound connection against a table the way the agent's
 // kernel does (see the package documentation). It returns the deciding
 // entry, or nil when the table's default applies.
-func Lookup(t *vigilpb.VerdictTable, proc Process, dst netip.AddrPort, proto vigilpb.Protocol) *vigilpb.EgressEntry {
+func Lookup(t *vigilpb.VerdictTable, proc Process, dst netip.AddrPort,
+	proto vigilpb.Protocol) *vigilpb.EgressEntry {
 	addr := dst.Addr().Unmap()
 	var best *vigilpb.EgressEntry
 	bestBits := -1

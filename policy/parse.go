@@ -179,7 +179,8 @@ func (ps *parser) strInto(dst *string) func(*yaml.Node, string) {
 	}
 }
 
-func (ps *parser) strList(dst *[]string, check func(n *yaml.Node, path, v string) bool) func(*yaml.Node, string) {
+func (ps *parser) strList(dst *[]string, check func(n *yaml.Node, path,
+	v string) bool) func(*yaml.Node, string) {
 	return func(n *yaml.Node, path string) {
 		ps.list(n, path, func(c *yaml.Node, cp string) {
 			v, ok := ps.str(c, cp)

@@ -36,7 +36,8 @@ func policyErrors(errs []policy.Error) []*vigilpb.PolicyError {
 // ApplyPolicy validates, stores and activates a document, re-derives every
 // level and pushes every table that changed. A rejected document changes
 // nothing.
-func (e *Engine) ApplyPolicy(ctx context.Context, doc *vigilpb.PolicyDocument, appliedBy string) (uint64, []*vigilpb.PolicyError, error) {
+func (e *Engine) ApplyPolicy(ctx context.Context, doc *vigilpb.PolicyDocument,
+	appliedBy string) (uint64, []*vigilpb.PolicyError, error) {
 	p, errs := policy.Parse(doc.GetFilename(), []byte(doc.GetYaml()))
 	if len(errs) > 0 {
 		return 0, policyErrors(errs), nil
@@ -46,7 +47,8 @@ func (e *Engine) ApplyPolicy(ctx context.Context, doc *vigilpb.PolicyDocument, a
 	return v, nil, joinErrs(err, e.unlock(o))
 }
 
-func (e *Engine) applyPolicy(o *outbox, p *policy.Policy, doc *vigilpb.PolicyDocument, by string) (uint64, error) {
+func (e *Engine) applyPolicy(o *outbox, p *policy.Policy, doc *vigilpb.PolicyDocument,
+	by string) (uint64, error) {
 	now := e.now()
 	sp := storedPolicy{Version: e.policyVersion + 1, Filename: doc.GetFilename(), YAML: doc.GetYaml(),
 		AppliedUnix: now.Unix(), AppliedBy: by}
@@ -112,13 +114,15 @@ func (e *Engine) PolicyHistory() ([]*vigilpb.GetPolicyResponse, error) {
 // AgentOnline records an agent's hello and returns the full table it must
 // enforce now. New or changed addresses recompile every table that names
 // them.
-func (e *Engine) AgentOnline(ctx context.Context, agent string, hello *vigilpb.Hello) (*vigilpb.VerdictTable, error) {
+func (e *Engine) AgentOnline(ctx context.Context, agent string,
+	hello *vigilpb.Hello) (*vigilpb.VerdictTable, error) {
 	o := e.lock()
 	t, err := e.agentOnline(o, agent, hello)
 	return t, joinErrs(err, e.unlock(o))
 }
 
-func (e *Engine) agentOnline(o *outbox, agent string, hello *vigilpb.Hello) (*vigilpb.VerdictTable, error) {
+func (e *Engine) agentOnline(o *outbox, agent string,
+	hello *vigilpb.Hello) (*vigilpb.VerdictTable, error) {
 	r, known := e.agents[agent]
 	if !known {
 		r = &agentRecord{Name: agent}
@@ -222,7 +226,8 @@ func (e *Engine) SetIndicators(feed string, inds []policy.Indicator) {
 // Report records a result from an existing security system as a finding on
 // an entity, with an optional level and time to live. Protection rules on
 // the "report" detector apply to it.
-func (e *Engine) Report(ctx context.Context, req *vigilpb.ReportRequest) (*vigilpb.ReportResponse, error) {
+func (e *Engine) Report(ctx context.Context,
+	req *vigilpb.ReportRequest) (*vigilpb.ReportResponse, error) {
 	o := e.lock()
 	level, err := e.report(o, req)
 	return &vigilpb.ReportResponse{Level: level}, joinErrs(err, e.unlock(o))

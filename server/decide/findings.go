@@ -188,7 +188,8 @@ func target(kind string, f *detect.Finding) (string, bool) {
 	return "", false
 }
 
-func (e *Engine) respondLevel(o *outbox, b *batch, lc *policy.LevelChange, f *detect.Finding, reason string) error {
+func (e *Engine) respondLevel(o *outbox, b *batch, lc *policy.LevelChange, f *detect.Finding,
+	reason string) error {
 	if lc == nil {
 		return nil
 	}
@@ -207,7 +208,8 @@ func (e *Engine) respondLevel(o *outbox, b *batch, lc *policy.LevelChange, f *de
 	return e.addFinding(o, b, nf, f.Process)
 }
 
-func (e *Engine) respondHold(o *outbox, b *batch, h *policy.Hold, quarantine bool, f *detect.Finding, reason string) error {
+func (e *Engine) respondHold(o *outbox, b *batch, h *policy.Hold, quarantine bool,
+	f *detect.Finding, reason string) error {
 	if h == nil || f.Agent == "" {
 		return nil
 	}

@@ -229,7 +229,8 @@ func (e *Engine) admissions(w *policy.World, agent string) map[string]bool {
 // cutLost cuts a device's connections to the services it lost since before:
 // on the device, the services' addresses and ports; on each service host,
 // the device's addresses. It returns the agents given new cuts.
-func (e *Engine) cutLost(o *outbox, agent string, before map[string]bool, reason string) ([]string, error) {
+func (e *Engine) cutLost(o *outbox, agent string, before map[string]bool,
+	reason string) ([]string, error) {
 	w := e.world()
 	after := e.admissions(w, agent)
 	var touched []string
@@ -247,7 +248,8 @@ func (e *Engine) cutLost(o *outbox, agent string, before map[string]bool, reason
 	return touched, nil
 }
 
-func (e *Engine) cutService(o *outbox, w *policy.World, agent string, s *policy.Service, reason string) ([]string, error) {
+func (e *Engine) cutService(o *outbox, w *policy.World, agent string, s *policy.Service,
+	reason string) ([]string, error) {
 	c := cut{Origin: originResponse, Device: detect.DeviceEntity(agent), Service: s.Name}
 	type pair struct{ agent, peer string }
 	var cuts []pair

@@ -110,7 +110,8 @@ func (s *State) writableExec(agent string, p *vigilpb.Process, at time.Time) (Fi
 	return Finding{}, false
 }
 
-func (s *State) shellFromService(agent string, a *agentState, p, parent *vigilpb.Process, at time.Time) (Finding, bool) {
+func (s *State) shellFromService(agent string, a *agentState, p, parent *vigilpb.Process,
+	at time.Time) (Finding, bool) {
 	if !shells[base(p.Executable)] || parent == nil {
 		return Finding{}, false
 	}
@@ -124,7 +125,8 @@ func (s *State) shellFromService(agent string, a *agentState, p, parent *vigilpb
 		"network service %s (pid %d) spawned shell %s", parent.Executable, parent.Pid, p.Executable), true
 }
 
-func (s *State) privilegeGain(agent string, p, parent *vigilpb.Process, at time.Time) (Finding, bool) {
+func (s *State) privilegeGain(agent string, p, parent *vigilpb.Process, at time.Time) (Finding,
+	bool) {
 	if p.Uid != 0 || parent == nil || parent.Uid == 0 {
 		return Finding{}, false
 	}
@@ -173,7 +175,8 @@ func (s *State) addressHit(agent string, ev *vigilpb.Event, at time.Time) []Find
 
 // burst counts refused connects in a sliding window and reports once per
 // full window.
-func (s *State) burst(agent string, a *agentState, p *vigilpb.Process, at time.Time) (Finding, bool) {
+func (s *State) burst(agent string, a *agentState, p *vigilpb.Process, at time.Time) (Finding,
+	bool) {
 	cutoff := at.Add(-s.settings.ScanWindow)
 	kept := a.refusals[:0]
 	for _, t := range a.refusals {

@@ -47,7 +47,8 @@ func fingerprintDiff(a, b *vigilpb.Posture) string {
 	return strings.Join(diffs, ", ")
 }
 
-func (s *State) postureRule(agent string, a *agentState, r policy.PostureRule, p *vigilpb.Posture, at time.Time) (Finding, bool) {
+func (s *State) postureRule(agent string, a *agentState, r policy.PostureRule,
+	p *vigilpb.Posture, at time.Time) (Finding, bool) {
 	if !policy.Covers(r.Agents, agent) {
 		return Finding{}, false
 	}
