@@ -28,28 +28,40 @@ const (
 // sockets destroyed; peers the previous table cut and this one does not are
 // restored, while peers cut by Cut stay cut until Restore.
 func (d *Dataplane) ApplyTable(t Table) error {
-	settings, err := compileSettings(t)
-	if err != nil {
-		return err
-	}
-	egress, err := compileEgress(t.Egress)
-	if err != nil {
-		return err
-	}
-	ingress, err := compileIngress(t.Ingress)
+	c, err := compileTable(t)
 	if err != nil {
 		return err
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.swapTables(settings, egress, ingress); err != nil {
+	if err := d.swapTables(c.settings, c.egress, c.ingress); err != nil {
 		return err
 	}
 	if err := d.syncKillOnExec(t.KillOnExec); err != nil {
 		return err
 	}
 	return d.syncTableCuts(t.Cut)
+}
+
+// compiledTable is a validated table in the kernel's layout.
+type compiledTable struct {
+	settings *bpfTableSettings
+	egress   spanTable[bpfEgressRule]
+	ingress  spanTable[bpfIngressRule]
+}
+
+func compileTable(t Table) (compiledTable, error) {
+	var c compiledTable
+	var err error
+	if c.settings, err = compileSettings(t); err != nil {
+		return c, err
+	}
+	if c.egress, err = compileEgress(t.Egress); err != nil {
+		return c, err
+	}
+	c.ingress, err = compileIngress(t.Ingress)
+	return c, err
 }
 
 func compileSettings(t Table) (*bpfTableSettings, error) {
