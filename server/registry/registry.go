@@ -76,8 +76,9 @@ func New(st *store.Store) (*Registry, error) {
 
 // Enroll records a new agent with its certificate serial. A name that an
 // unrevoked agent holds is refused with ErrNameTaken; a revoked name may
-// enroll again, which supersedes every earlier certificate of that name and
-// restarts its event sequence numbers.
+// enroll again, which supersedes every earlier certificate of that name,
+// restarts its event sequence numbers and cancels the instructions still
+// pending for the revoked agent.
 func (r *Registry) Enroll(name, serial, tokenID string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -85,6 +86,9 @@ func (r *Registry) Enroll(name, serial, tokenID string) error {
 		return ErrNameTaken
 	}
 	if err := r.st.ResetSequences(name); err != nil {
+		return err
+	}
+	if _, err := r.st.CancelPending(name, "agent enrolled again"); err != nil {
 		return err
 	}
 

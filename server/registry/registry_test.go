@@ -56,6 +56,14 @@ func TestLifecycle(t *testing.T) {
 			}
 		})
 	}
+	if _, err := st.AddInstruction("a", &vigilpb.Instruction{Pid: 1}); err != nil {
+		t.Fatal(err)
+	}
+	must(t, r.Revoke("a"))
+	must(t, r.Enroll("a", "4", "t4"))
+	if pending, _ := st.PendingInstructions("a"); len(pending) != 0 {
+		t.Fatalf("re-enrolled agent inherits %d pending instructions", len(pending))
+	}
 	must(t, r.Enroll("gone", "5", "t5"))
 	must(t, r.Revoke("gone"))
 	st.Close()
@@ -65,7 +73,7 @@ func TestLifecycle(t *testing.T) {
 	if err := r.Check("gone", "5"); !errors.Is(err, ErrRevoked) {
 		t.Fatalf("revocation after reopen: %v, want ErrRevoked", err)
 	}
-	if err := r.Check("a", "3"); err != nil {
+	if err := r.Check("a", "4"); err != nil {
 		t.Fatalf("re-enrolled agent after reopen: %v", err)
 	}
 }

@@ -102,6 +102,24 @@ func (s *Store) PendingInstructions(agent string) ([]*vigilpb.Instruction, error
 	return out, nil
 }
 
+// CancelPending acknowledges every pending instruction of the agent as
+// failed with reason, so none is delivered to a new agent that enrolled
+// under the same name. It returns how many it cancelled.
+func (s *Store) CancelPending(agent, reason string) (int, error) {
+	pending, err := s.PendingInstructions(agent)
+	if err != nil {
+		return 0, err
+	}
+	for _, ins := range pending {
+		ack := &vigilpb.InstructionAck{Seq: ins.GetSeq(),
+			Outcome: vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_FAILED, Error: reason}
+		if _, _, err := s.AckInstruction(agent, ack); err != nil {
+			return 0, err
+		}
+	}
+	return len(pending), nil
+}
+
 func getInstruction(txn *badger.Txn, agent string, seq uint64) (InstructionRecord, error) {
 	item, err := txn.Get(agentKey(pfxInstruction, agent, seq))
 	if errors.Is(err, badger.ErrKeyNotFound) {
