@@ -73,9 +73,43 @@ func CompileAgent(p *Policy, w *World, name string) *vigilpb.VerdictTable {
 	if !ok {
 		a = &Agent{Name: name}
 	}
-	t.Egress = resolveEgress(p.egress(w, a))
+	t.Egress = p.closeServices(resolveEgress(p.egress(w, a)), w, a)
 	t.ProtectedPorts, t.Ingress = p.ingress(w, a)
 	return t
+}
+
+// closeServices denies, by rule 0, every service destination on other
+// agents that no rule gave a whole-device entry for: a protected service is
+// reached only through a rule, whatever the default for uncovered traffic.
+// Entries that select users or executables stay more specific than it.
+func (p *Policy) closeServices(es []*vigilpb.EgressEntry, w *World, a *Agent) []*vigilpb.EgressEntry {
+	covered := map[string]bool{}
+	for _, e := range es {
+		if subjectFields(e.Subject) == 0 {
+			covered[destKey(e.Destination, e.PortMin, e.PortMax, e.Protocol)] = true
+		}
+	}
+	var closing []*vigilpb.EgressEntry
+	for i := range p.Services {
+		svc := &p.Services[i]
+		for _, host := range sortedUnique(svc.Agents) {
+			if host == a.Name {
+				continue
+			}
+			closing = appendHost(closing, w.Agents[host], svc.Ports, svc.Protocol, 0,
+				&vigilpb.Subject{}, vigilpb.Verdict_VERDICT_DENY)
+		}
+	}
+	for _, e := range closing {
+		if !covered[destKey(e.Destination, e.PortMin, e.PortMax, e.Protocol)] {
+			es = append(es, e)
+		}
+	}
+	return sortEgress(es)
+}
+
+func destKey(dst string, lo, hi uint32, proto vigilpb.Protocol) string {
+	return fmt.Sprintf("%s|%d|%d|%d", dst, lo, hi, proto)
 }
 
 func (p *Policy) killOnExec(w *World) []string {

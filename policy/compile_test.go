@@ -112,7 +112,8 @@ func TestLookup(t *testing.T) {
 		{"crm udp is default", laptop, Process{}, "10.1.0.1:8080", vigilpb.Protocol_PROTOCOL_UDP, "", vigilpb.Verdict_VERDICT_ALLOW},
 		{"admin for alice's curl", laptop, curl, "10.1.0.1:9001", vigilpb.Protocol_PROTOCOL_TCP, "ops-admin", vigilpb.Verdict_VERDICT_ALLOW},
 		{"deny beats allow inside range", laptop, curl, "10.1.0.1:9005", vigilpb.Protocol_PROTOCOL_TCP, "block-9005", vigilpb.Verdict_VERDICT_DENY},
-		{"admin for unknown process", laptop, Process{}, "10.1.0.1:9001", vigilpb.Protocol_PROTOCOL_TCP, "", vigilpb.Verdict_VERDICT_ALLOW},
+		{"admin closed for unknown process", laptop, Process{}, "10.1.0.1:9001", vigilpb.Protocol_PROTOCOL_TCP, "no-rule", vigilpb.Verdict_VERDICT_DENY},
+		{"admin closed for bob's curl", laptop, Process{Known: true, UID: 1001, Path: "/usr/bin/curl"}, "10.1.0.1:9001", vigilpb.Protocol_PROTOCOL_TCP, "no-rule", vigilpb.Verdict_VERDICT_DENY},
 		{"phone too low for crm", CompileAgent(p, w, "phone"), Process{}, "10.1.0.1:8080", vigilpb.Protocol_PROTOCOL_TCP, "devices-to-crm", vigilpb.Verdict_VERDICT_DENY},
 	}
 	for _, tt := range tests {
@@ -120,8 +121,10 @@ func TestLookup(t *testing.T) {
 			e := Lookup(tt.table, tt.proc, netip.MustParseAddrPort(tt.dst), tt.proto)
 			rule, verdict := "", tt.table.DefaultEgress
 			if e != nil {
-				r, _ := p.RuleByID(e.RuleId)
-				rule, verdict = r.Name, e.Verdict
+				rule, verdict = "no-rule", e.Verdict
+				if r, ok := p.RuleByID(e.RuleId); ok {
+					rule = r.Name
+				}
 			}
 			if rule != tt.wantRule || verdict != tt.want {
 				t.Errorf("got rule %q verdict %s, want %q %s", rule, verdict, tt.wantRule, tt.want)

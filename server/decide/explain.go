@@ -126,6 +126,12 @@ func (x *explainer) judge() {
 	}
 	x.resp.Verdict, x.resp.RuleId = entry.Verdict, entry.RuleId
 	rule, ok := x.e.policy.RuleByID(entry.RuleId)
+	if entry.RuleId == 0 {
+		x.resp.Rule = "no-rule"
+		x.say("the destination is a protected service and no rule admits this subject to it: %s",
+			verdictWord(entry.Verdict))
+		return
+	}
 	if !ok {
 		x.resp.Rule = fmt.Sprintf("rule-%d", entry.RuleId)
 		x.say("entry of unknown rule %d decides: %s", entry.RuleId, verdictWord(entry.Verdict))
