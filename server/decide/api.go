@@ -376,3 +376,17 @@ func joinErrs(a, b error) error {
 	}
 	return fmt.Errorf("%w; %w", a, b)
 }
+
+// History returns an entity's level changes, oldest first.
+func (e *Engine) History(entity string) ([]evaluate.Change, error) {
+	var out []evaluate.Change
+	err := e.scanJSON(keyHistoryPrefix+entity+"/", func(_ string, raw []byte) error {
+		var c evaluate.Change
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return fmt.Errorf("decode history of %s: %w", entity, err)
+		}
+		out = append(out, c)
+		return nil
+	})
+	return out, err
+}

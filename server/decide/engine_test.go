@@ -462,3 +462,60 @@ func TestReportValidation(t *testing.T) {
 		})
 	}
 }
+
+func TestTimeWindowOpensAndCloses(t *testing.T) {
+	f := newFixture(t)
+	doc := `
+version: 1
+levels: [low, high]
+defaults: {level: high, traffic: allow, unknown_peers: deny}
+services:
+  - {name: crm, agents: [crm-host], ports: [8080], min_level: high}
+rules:
+  - name: office-hours
+    action: allow
+    subjects: [{devices: ["*"]}]
+    services: [crm]
+    time: [{days: [mon, tue, wed, thu, fri, sat, sun], from: "12:05", to: "12:10"}]
+`
+	if v, perrs, err := f.e.ApplyPolicy(context.Background(), &vigilpb.PolicyDocument{Filename: "w.yaml", Yaml: doc}, "admin"); v != 2 || err != nil {
+		t.Fatalf("apply: %d %v %v", v, perrs, err)
+	}
+	tests := []struct {
+		name    string
+		advance time.Duration
+		want    vigilpb.Verdict
+	}{
+		{"before the window", 0, vigilpb.Verdict_VERDICT_DENY},
+		{"inside the window", 6 * time.Minute, vigilpb.Verdict_VERDICT_ALLOW},
+		{"after the window", 5 * time.Minute, vigilpb.Verdict_VERDICT_DENY},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f.clock.advance(tt.advance)
+			if err := f.e.Tick(); err != nil {
+				t.Fatal(err)
+			}
+			equal(t, "laptop -> crm", f.egress("laptop", "10.2.0.1", 8080), tt.want)
+		})
+	}
+	hist, err := f.e.History("device/laptop")
+	if err != nil || len(hist) != 0 {
+		t.Fatalf("history of an untouched device: %v %v", hist, err)
+	}
+}
+
+func TestHistoryKeepsEveryChange(t *testing.T) {
+	f := newFixture(t)
+	f.execBad(1)
+	f.e.Report(context.Background(), &vigilpb.ReportRequest{Entity: "device/laptop", Level: "high", Source: "edr", Reason: "cleaned"})
+	hist, err := f.e.History("device/laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range hist {
+		got = append(got, c.From+"->"+c.To)
+	}
+	equal(t, "history", got, []string{"medium->low", "low->high"})
+}
