@@ -249,7 +249,7 @@ func (a *agent) run(ctx context.Context) error {
 		return fmt.Errorf("open events: %w", err)
 	}
 	var wg sync.WaitGroup
-	loops := []func(context.Context){a.syncLoop, a.postureLoop, a.countersLoop, a.streamLoop}
+	loops := []func(context.Context){a.syncLoop, a.postureLoop, a.countersLoop, a.streamLoop, a.streamStateLoop}
 	for _, loop := range loops {
 		wg.Go(func() { loop(ctx) })
 	}
@@ -387,15 +387,19 @@ func (a *agent) counters() (*vigilpb.Counters, error) {
 	}, nil
 }
 
-// streamLoop runs the stream client and mirrors its state into metrics.
+// streamLoop runs the stream client.
 func (a *agent) streamLoop(ctx context.Context) {
-	go every(ctx, time.Second, func() {
-		states := []string{"connecting", "online", "backoff"}
-		a.metrics.SetStreamState(states[a.client.State()], states...)
-	})
 	if err := a.client.Run(ctx); err != nil {
 		a.log.Error("stream stopped", "err", err)
 	}
+}
+
+// streamStateLoop mirrors the stream's state into metrics every second.
+func (a *agent) streamStateLoop(ctx context.Context) {
+	states := []string{"connecting", "online", "backoff"}
+	every(ctx, time.Second, func() {
+		a.metrics.SetStreamState(states[a.client.State()], states...)
+	})
 }
 
 // every calls f every d until ctx ends.

@@ -70,7 +70,10 @@ func (a *agent) logTable(ack *vigilpb.TableAck, policy uint64) {
 
 // Instruction executes an instruction and records its outcome.
 func (a *agent) Instruction(ins *vigilpb.Instruction, received time.Time) *vigilpb.InstructionAck {
-	ack := a.applier.Execute(ins, received)
+	ack, err := a.applier.Execute(ins, received)
+	if err != nil {
+		a.log.Error("save instruction state", "err", err, "seq", ins.Seq)
+	}
 	outcome := vigilpb.InstructionOutcome_name[int32(ack.Outcome)]
 	a.metrics.Instructions.WithLabelValues(outcome).Inc()
 	a.log.Info("instruction executed", "seq", ins.Seq, "kind", ins.Kind.String(), "outcome", outcome,

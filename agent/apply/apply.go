@@ -101,8 +101,8 @@ const (
 )
 
 // New returns an Applier with the state saved in cfg.StateDir. It starts
-// offline: the kernel's pinned table is taken to be the saved one until
-// Restore is called.
+// offline: Reconcile writes the saved table in its fail-mode form until
+// SetOnline(true) is called.
 func New(cfg Config) (*Applier, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
@@ -273,20 +273,19 @@ func (a *Applier) saveTable() error {
 // Execute carries out an instruction received at received and returns its
 // acknowledgement. An instruction whose seq is not above the last executed
 // one is not executed again: it is acknowledged with the outcome recorded
-// the first time (FAILED when that record is gone).
-func (a *Applier) Execute(ins *vigilpb.Instruction, received time.Time) *vigilpb.InstructionAck {
+// the first time (FAILED when that record is gone). The error reports a
+// failure to save the record; the acknowledgement stands regardless.
+func (a *Applier) Execute(ins *vigilpb.Instruction, received time.Time) (*vigilpb.InstructionAck, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 
 	if ins.Seq <= a.instr.Last {
-		return a.recorded(ins.Seq)
+		return a.recorded(ins.Seq), nil
 	}
 	ack := a.execute(ins)
 	ack.Seq = ins.Seq
 	ack.LatencyUs = uint64(time.Since(received).Microseconds())
-
-	a.record(ack)
-	return ack
+	return ack, a.record(ack)
 }
 
 // recorded returns the acknowledgement recorded for seq.
@@ -301,10 +300,13 @@ func (a *Applier) recorded(seq uint64) *vigilpb.InstructionAck {
 	}
 }
 
-// record saves the acknowledgement and advances the last executed seq. A
-// save error is kept in memory only: the instruction was carried out.
-func (a *Applier) record(ack *vigilpb.InstructionAck) {
-	raw, _ := protojson.Marshal(ack)
+// record advances the last executed seq, keeps the acknowledgement for
+// duplicates, and saves both.
+func (a *Applier) record(ack *vigilpb.InstructionAck) error {
+	raw, err := protojson.Marshal(ack)
+	if err != nil {
+		return fmt.Errorf("encode ack %d: %w", ack.Seq, err)
+	}
 	a.instr.Last = ack.Seq
 	a.instr.Recent[ack.Seq] = raw
 	for seq := range a.instr.Recent {
@@ -312,8 +314,12 @@ func (a *Applier) record(ack *vigilpb.InstructionAck) {
 			delete(a.instr.Recent, seq)
 		}
 	}
-	b, _ := json.Marshal(&a.instr)
-	_ = spool.WriteFileAtomic(filepath.Join(a.cfg.StateDir, instructionFile), b, 0o600)
+
+	b, err := json.Marshal(&a.instr)
+	if err != nil {
+		return fmt.Errorf("encode instruction state: %w", err)
+	}
+	return spool.WriteFileAtomic(filepath.Join(a.cfg.StateDir, instructionFile), b, 0o600)
 }
 
 // execute runs one instruction; the caller holds mu.

@@ -320,7 +320,10 @@ func TestInstructions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ack := f.a.Execute(tt.ins, time.Now().Add(-time.Millisecond))
+			ack, err := f.a.Execute(tt.ins, time.Now().Add(-time.Millisecond))
+			if err != nil {
+				t.Fatalf("save instruction state: %v", err)
+			}
 			if ack.Seq != tt.ins.Seq || ack.Outcome != tt.want || !strings.Contains(ack.Error, tt.wantErr) {
 				t.Errorf("ack %v, want seq %d outcome %s error ~%q", ack, tt.ins.Seq, tt.want, tt.wantErr)
 			}
@@ -343,7 +346,7 @@ func TestInstructions(t *testing.T) {
 	if again.LastInstruction() != 8 || again.Version() != 1 {
 		t.Errorf("after restart last seq %d version %d, want 8 and 1", again.LastInstruction(), again.Version())
 	}
-	if ack := again.Execute(&vigilpb.Instruction{Seq: 1, Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_KILL, Pid: 42}, time.Now()); ack.Outcome != vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE || len(f.k.kills) != 1 {
+	if ack, _ := again.Execute(&vigilpb.Instruction{Seq: 1, Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_KILL, Pid: 42}, time.Now()); ack.Outcome != vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE || len(f.k.kills) != 1 {
 		t.Errorf("duplicate after restart: ack %v, kills %v", ack, f.k.kills)
 	}
 }
