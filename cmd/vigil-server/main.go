@@ -41,7 +41,8 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "metrics", EnvVars: []string{"VIGIL_METRICS"},
 			Usage: "`ADDR` to serve Prometheus metrics on at /metrics (empty: off)"},
 		&cli.StringSliceFlag{Name: "host",
-			Usage: "extra DNS name or IP `HOST` for the server certificate (repeatable; localhost, 127.0.0.1 and ::1 are always in)"},
+			Usage: "extra DNS name or IP `HOST` for the server certificate " +
+				"(repeatable; localhost, 127.0.0.1 and ::1 are always in)"},
 		&cli.DurationFlag{Name: "token-ttl", Value: time.Hour,
 			Usage: "default lifetime of enrollment tokens"},
 		&cli.DurationFlag{Name: "event-max-age", Value: 30 * 24 * time.Hour,

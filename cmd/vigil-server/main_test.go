@@ -190,7 +190,8 @@ func TestAdminCertRoles(t *testing.T) {
 	if err != nil {
 		t.Fatalf("admin-cert: %v\n%s", err, out)
 	}
-	if out, err := exec.Command(bin, "admin-cert", "--data-dir", dir, "--role", "root", "--out", viewerDir).CombinedOutput(); err == nil {
+	bad := exec.Command(bin, "admin-cert", "--data-dir", dir, "--role", "root", "--out", viewerDir)
+	if out, err := bad.CombinedOutput(); err == nil {
 		t.Fatalf("admin-cert accepted role root:\n%s", out)
 	}
 

@@ -30,7 +30,8 @@ func (s *Server) ListAgents(context.Context, *vigilpb.ListAgentsRequest) (*vigil
 }
 
 // RevokeAgent revokes an agent for good and closes its stream.
-func (s *Server) RevokeAgent(ctx context.Context, req *vigilpb.RevokeAgentRequest) (*vigilpb.RevokeAgentResponse, error) {
+func (s *Server) RevokeAgent(ctx context.Context,
+	req *vigilpb.RevokeAgentRequest) (*vigilpb.RevokeAgentResponse, error) {
 	err := s.cfg.Registry.Revoke(req.GetName())
 	if errors.Is(err, registry.ErrUnknown) {
 		return nil, status.Errorf(codes.NotFound, "agent %q is not enrolled", req.GetName())
@@ -43,7 +44,8 @@ func (s *Server) RevokeAgent(ctx context.Context, req *vigilpb.RevokeAgentReques
 }
 
 // ListEntities lists entities with levels and findings.
-func (s *Server) ListEntities(_ context.Context, req *vigilpb.ListEntitiesRequest) (*vigilpb.ListEntitiesResponse, error) {
+func (s *Server) ListEntities(_ context.Context,
+	req *vigilpb.ListEntitiesRequest) (*vigilpb.ListEntitiesResponse, error) {
 	switch req.GetKind() {
 	case "", "user", "device", "service", "process":
 	default:
@@ -57,7 +59,8 @@ func (s *Server) ListEntities(_ context.Context, req *vigilpb.ListEntitiesReques
 }
 
 // ValidatePolicy checks a policy document without applying it.
-func (s *Server) ValidatePolicy(_ context.Context, req *vigilpb.ValidatePolicyRequest) (*vigilpb.ValidatePolicyResponse, error) {
+func (s *Server) ValidatePolicy(_ context.Context,
+	req *vigilpb.ValidatePolicyRequest) (*vigilpb.ValidatePolicyResponse, error) {
 	if req.GetDocument() == nil {
 		return nil, status.Error(codes.InvalidArgument, "document is required")
 	}
@@ -127,7 +130,8 @@ func (s *Server) FollowEvents(req *vigilpb.FollowEventsRequest, stream vigilpb.A
 				return err
 			}
 		case <-sub.Done():
-			return status.Error(codes.ResourceExhausted, "follower fell behind; query the missed events and follow again")
+			return status.Error(codes.ResourceExhausted,
+				"follower fell behind; query the missed events and follow again")
 		case <-stream.Context().Done():
 			return stream.Context().Err()
 		case <-s.quit:
@@ -223,7 +227,8 @@ func validPeer(peer string) bool {
 // its acknowledgement up to AckTimeout or the request's deadline. An offline
 // or silent agent leaves the outcome unspecified: the instruction stays
 // queued and is delivered when the agent reconnects.
-func (s *Server) instruct(ctx context.Context, agent string, ins *vigilpb.Instruction) (*vigilpb.InstructionResponse, error) {
+func (s *Server) instruct(ctx context.Context, agent string,
+	ins *vigilpb.Instruction) (*vigilpb.InstructionResponse, error) {
 	if !s.cfg.Registry.Known(agent) {
 		return nil, status.Errorf(codes.NotFound, "agent %q is not enrolled", agent)
 	}

@@ -203,7 +203,8 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 
 func (s *Server) tableAcked(agent string, ack *vigilpb.TableAck) {
 	if ack.GetError() != "" {
-		s.log.Warn("agent could not apply table", "agent", agent, "table_version", ack.GetVersion(), "err", ack.GetError())
+		s.log.Warn("agent could not apply table", "agent", agent, "table_version", ack.GetVersion(),
+			"err", ack.GetError())
 		return
 	}
 	s.logErr(s.cfg.Registry.TableAcked(agent, ack.GetVersion()), "record table ack", agent)

@@ -72,17 +72,38 @@ func TestRoles(t *testing.T) {
 		call func() error
 		want codes.Code
 	}{
-		{name: "viewer reads", call: func() error { _, err := viewer.QueryEvents(ctx, &vigilpb.QueryEventsRequest{}); return err }, want: codes.OK},
-		{name: "viewer kills", call: func() error { _, err := viewer.Kill(ctx, kill); return err }, want: codes.PermissionDenied},
-		{name: "viewer creates a token", call: func() error { _, err := viewer.CreateToken(ctx, &vigilpb.CreateTokenRequest{}); return err }, want: codes.PermissionDenied},
-		{name: "operator kills", call: func() error { _, err := operator.Kill(ctx, kill); return err }, want: codes.OK},
-		{name: "operator applies policy", call: func() error { _, err := operator.ApplyPolicy(ctx, apply); return err }, want: codes.PermissionDenied},
+		{name: "viewer reads", call: func() error {
+			_, err := viewer.QueryEvents(ctx, &vigilpb.QueryEventsRequest{})
+			return err
+		}, want: codes.OK},
+		{name: "viewer kills", call: func() error {
+			_, err := viewer.Kill(ctx, kill)
+			return err
+		}, want: codes.PermissionDenied},
+		{name: "viewer creates a token", call: func() error {
+			_, err := viewer.CreateToken(ctx, &vigilpb.CreateTokenRequest{})
+			return err
+		}, want: codes.PermissionDenied},
+		{name: "operator kills", call: func() error {
+			_, err := operator.Kill(ctx, kill)
+			return err
+		}, want: codes.OK},
+		{name: "operator applies policy", call: func() error {
+			_, err := operator.ApplyPolicy(ctx, apply)
+			return err
+		}, want: codes.PermissionDenied},
 		{name: "operator revokes", call: func() error {
 			_, err := operator.RevokeAgent(ctx, &vigilpb.RevokeAgentRequest{Name: "laptop"})
 			return err
 		}, want: codes.PermissionDenied},
-		{name: "admin applies policy", call: func() error { _, err := admin.ApplyPolicy(ctx, apply); return err }, want: codes.OK},
-		{name: "admin kills on an unknown agent", call: func() error { _, err := admin.Kill(ctx, &vigilpb.KillRequest{Agent: "nope", Pid: 1}); return err }, want: codes.NotFound},
+		{name: "admin applies policy", call: func() error {
+			_, err := admin.ApplyPolicy(ctx, apply)
+			return err
+		}, want: codes.OK},
+		{name: "admin kills on an unknown agent", call: func() error {
+			_, err := admin.Kill(ctx, &vigilpb.KillRequest{Agent: "nope", Pid: 1})
+			return err
+		}, want: codes.NotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { wantCode(t, tt.call(), tt.want) })
@@ -265,7 +286,8 @@ func TestInstructions(t *testing.T) {
 			Seq: ins.GetSeq(), Outcome: vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE, LatencyUs: 17}}})
 	}()
 	resp, err := operator.Cut(ctx, &vigilpb.CutRequest{Agent: "laptop", Peer: "10.1.2.3:443"})
-	if err != nil || resp.Seq != 3 || resp.Outcome != vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE || resp.LatencyUs != 17 {
+	done := vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE
+	if err != nil || resp.Seq != 3 || resp.Outcome != done || resp.LatencyUs != 17 {
 		t.Fatalf("online cut: %v err %v", resp, err)
 	}
 	if len(ts.engine.cuts) != 1 || ts.engine.cuts[0] != "laptop 10.1.2.3:443" {
@@ -289,7 +311,8 @@ func TestRevoke(t *testing.T) {
 	a := ts.connect(t, cert, "laptop")
 	a.next(t)
 
-	if _, err := ts.admin(t, pki.RoleAdmin).RevokeAgent(context.Background(), &vigilpb.RevokeAgentRequest{Name: "laptop"}); err != nil {
+	revoke := &vigilpb.RevokeAgentRequest{Name: "laptop"}
+	if _, err := ts.admin(t, pki.RoleAdmin).RevokeAgent(context.Background(), revoke); err != nil {
 		t.Fatal(err)
 	}
 	wantCode(t, a.end(t), codes.PermissionDenied)

@@ -96,7 +96,8 @@ func peerIdentity(ctx context.Context) (pki.Identity, error) {
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || !isVerified(info.State) {
-		return pki.Identity{}, status.Error(codes.Unauthenticated, "a client certificate signed by the server's CA is required")
+		return pki.Identity{}, status.Error(codes.Unauthenticated,
+			"a client certificate signed by the server's CA is required")
 	}
 	id, err := pki.Identify(info.State.VerifiedChains[0][0])
 	if err != nil {
@@ -113,7 +114,8 @@ func shortMethod(full string) string {
 	return full[strings.LastIndex(full, "/")+1:]
 }
 
-func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo,
+	handler grpc.UnaryHandler) (any, error) {
 	actx, err := authorize(ctx, info.FullMethod)
 	if err != nil {
 		s.auditRefusal(ctx, info.FullMethod, req, err)
@@ -142,7 +144,8 @@ func (s *Server) auditRefusal(ctx context.Context, method string, req any, err e
 	s.audit(ctx, method, req, err)
 }
 
-func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo,
+	handler grpc.StreamHandler) error {
 	ctx, err := authorize(ss.Context(), info.FullMethod)
 	if err != nil {
 		s.auditRefusal(ss.Context(), info.FullMethod, nil, err)

@@ -69,7 +69,8 @@ func randomHex(n int) string {
 }
 
 // CreateToken makes a one-time enrollment token.
-func (s *Server) CreateToken(ctx context.Context, req *vigilpb.CreateTokenRequest) (*vigilpb.CreateTokenResponse, error) {
+func (s *Server) CreateToken(ctx context.Context,
+	req *vigilpb.CreateTokenRequest) (*vigilpb.CreateTokenResponse, error) {
 	ttl := s.cfg.TokenTTL
 	if req.GetTtlSeconds() > 0 {
 		ttl = time.Duration(req.GetTtlSeconds()) * time.Second
@@ -78,7 +79,8 @@ func (s *Server) CreateToken(ctx context.Context, req *vigilpb.CreateTokenReques
 		return nil, status.Errorf(codes.InvalidArgument, "ttl_seconds: at most %d", int(maxTokenTTL.Seconds()))
 	}
 
-	t := token{id: randomHex(tokenIDBytes), secret: randomHex(secretBytes), caFingerprint: s.cfg.Authority.Fingerprint()}
+	t := token{id: randomHex(tokenIDBytes), secret: randomHex(secretBytes),
+		caFingerprint: s.cfg.Authority.Fingerprint()}
 	now := time.Now()
 	rec := store.TokenRecord{SecretHash: secretHash(t.secret), Created: now, Expires: now.Add(ttl),
 		CreatedBy: identityFrom(ctx).String()}

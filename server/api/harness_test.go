@@ -42,7 +42,8 @@ type fakeEngine struct {
 func newFakeEngine() *fakeEngine { return &fakeEngine{acked: map[string]uint64{}} }
 
 func (e *fakeEngine) ValidatePolicy(*vigilpb.PolicyDocument) []*vigilpb.PolicyError { return nil }
-func (e *fakeEngine) ApplyPolicy(context.Context, *vigilpb.PolicyDocument, string) (uint64, []*vigilpb.PolicyError, error) {
+func (e *fakeEngine) ApplyPolicy(context.Context, *vigilpb.PolicyDocument,
+	string) (uint64, []*vigilpb.PolicyError, error) {
 	return 1, nil, nil
 }
 func (e *fakeEngine) Policy(uint64) (*vigilpb.GetPolicyResponse, error) {
@@ -159,7 +160,8 @@ func startServer(dir, listen string) (*testServer, error) {
 		st.Close()
 		return nil, err
 	}
-	ts := &testServer{dir: dir, addr: lis.Addr().String(), ca: ca, st: st, engine: eng, srv: srv, done: make(chan error, 1)}
+	ts := &testServer{dir: dir, addr: lis.Addr().String(), ca: ca, st: st, engine: eng, srv: srv,
+		done: make(chan error, 1)}
 	go func() { ts.done <- srv.Serve(lis) }()
 	return ts, nil
 }
@@ -228,7 +230,8 @@ func csr(t testing.TB) (*ecdsa.PrivateKey, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}}, key)
+	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +276,8 @@ func (ts *testServer) connect(t testing.TB, cert *tls.Certificate, name string) 
 		cancel()
 		t.Fatal(err)
 	}
-	a := &agentStream{stream: stream, cancel: cancel, msgs: make(chan *vigilpb.ServerMessage, 100), err: make(chan error, 1)}
+	a := &agentStream{stream: stream, cancel: cancel,
+		msgs: make(chan *vigilpb.ServerMessage, 100), err: make(chan error, 1)}
 	go func() {
 		for {
 			msg, err := stream.Recv()

@@ -166,7 +166,8 @@ func TestInstructions(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir, Retention{})
 	for i := range 3 {
-		seq, err := s.AddInstruction("a", &vigilpb.Instruction{Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_KILL, Pid: uint32(i)})
+		ins := &vigilpb.Instruction{Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_KILL, Pid: uint32(i)}
+		seq, err := s.AddInstruction("a", ins)
 		if err != nil || seq != uint64(i+1) {
 			t.Fatalf("add: seq %d err %v, want %d", seq, err, i+1)
 		}
@@ -252,7 +253,8 @@ func TestAgentsAndAudit(t *testing.T) {
 	s := open(t, dir, Retention{})
 	must(t, s.PutAgent(AgentRecord{Name: "b", Serial: "2"}))
 	must(t, s.PutAgent(AgentRecord{Name: "a", Serial: "1", Revoked: true}))
-	must(t, s.AppendAudit(AuditRecord{Time: time.Now(), Actor: "admin/x(admin)", Action: "RevokeAgent", Target: "a", Result: "ok"}))
+	must(t, s.AppendAudit(AuditRecord{Time: time.Now(), Actor: "admin/x(admin)", Action: "RevokeAgent",
+		Target: "a", Result: "ok"}))
 	s.Close()
 
 	s = open(t, dir, Retention{})
