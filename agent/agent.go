@@ -249,7 +249,9 @@ func (a *agent) run(ctx context.Context) error {
 		return fmt.Errorf("open events: %w", err)
 	}
 	var wg sync.WaitGroup
-	loops := []func(context.Context){a.syncLoop, a.postureLoop, a.countersLoop, a.streamLoop, a.streamStateLoop}
+	loops := []func(context.Context){
+		a.syncLoop, a.postureLoop, a.countersLoop, a.streamLoop, a.streamStateLoop, a.pruneLoop,
+	}
 	for _, loop := range loops {
 		wg.Go(func() { loop(ctx) })
 	}
@@ -385,6 +387,15 @@ func (a *agent) counters() (*vigilpb.Counters, error) {
 		EventsEmitted: kc.EventsEmitted, EventsLost: kc.EventsLost, Verdicts: kc.Verdicts,
 		SpoolBytes: uint64(a.spool.Stats().Bytes),
 	}, nil
+}
+
+// pruneLoop drops processes whose exit the table missed, every minute.
+func (a *agent) pruneLoop(ctx context.Context) {
+	every(ctx, time.Minute, func() {
+		if n := a.procs.Prune(); n > 0 {
+			a.log.Debug("pruned vanished processes", "count", n)
+		}
+	})
 }
 
 // streamLoop runs the stream client.

@@ -117,6 +117,30 @@ func (t *Table) Len() int {
 	return len(t.procs)
 }
 
+// Prune forgets processes that no longer exist in /proc: their exit event
+// was lost (ring buffer full) or never came. It returns how many it removed.
+func (t *Table) Prune() int {
+	t.mu.Lock()
+	pids := make([]uint32, 0, len(t.procs))
+	for pid := range t.procs {
+		pids = append(pids, pid)
+	}
+	t.mu.Unlock()
+
+	var gone []uint32
+	for _, pid := range pids {
+		if _, err := os.Stat(filepath.Join(t.procRoot, strconv.FormatUint(uint64(pid), 10))); os.IsNotExist(err) {
+			gone = append(gone, pid)
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, pid := range gone {
+		delete(t.procs, pid)
+	}
+	return len(gone)
+}
+
 // Ancestors returns the parent chain of pid, nearest first, as far as the
 // table knows it (at most 64 levels).
 func (t *Table) Ancestors(pid uint32) []Process {

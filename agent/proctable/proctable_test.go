@@ -165,6 +165,21 @@ func TestExecOfExitedProcess(t *testing.T) {
 	}
 }
 
+func TestPruneForgetsVanishedProcesses(t *testing.T) {
+	path, _ := copyExe(t)
+	cmd := startSleeper(t, path)
+	tab := New("/proc")
+	tab.Observe(dataplane.Event{Kind: dataplane.EventExec, PID: uint32(cmd.Process.Pid), StartTimeNs: 1})
+	tab.Observe(dataplane.Event{Kind: dataplane.EventFork, PID: uint32(cmd.Process.Pid), StartTimeNs: 1, ChildPID: 1 << 30, ChildStartNs: 2})
+
+	if n := tab.Prune(); n != 1 {
+		t.Errorf("Prune removed %d, want 1 (the pid that never existed)", n)
+	}
+	if _, ok := tab.Lookup(uint32(cmd.Process.Pid)); !ok {
+		t.Error("Prune removed a live process")
+	}
+}
+
 func TestHashCacheFollowsFileChanges(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(path, []byte("one"), 0o644)
