@@ -166,6 +166,13 @@ struct port_range {
 	__u8 pad[2];
 };
 
+/* exempt_net is a quarantine exemption as network and mask, both in the
+ * byte order of the address, read as two 64-bit words. */
+struct exempt_net {
+	__u64 net[2];
+	__u64 mask[2];
+};
+
 /* table_settings holds the scalar part of one table generation. */
 struct table_settings {
 	__u32 generation;	/* increases with every ApplyTable */
@@ -173,7 +180,7 @@ struct table_settings {
 	__u8 quarantined;
 	__u8 exempt_count;
 	__u8 protected_count;
-	struct prefix_key exempt[MAX_QUARANTINE_EXEMPT];
+	struct exempt_net exempt[MAX_QUARANTINE_EXEMPT];
 	struct port_range protected[MAX_PROTECTED_RANGES];
 };
 

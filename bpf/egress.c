@@ -88,41 +88,69 @@ static __always_inline void judge_rule(const struct egress_rule *r, struct judge
 		j->reason = COUNTER_EGRESS_ALLOW_RULE;
 }
 
+/* rule_walk is the state of one bpf_loop over a prefix's rule span. */
+struct rule_walk {
+	struct subject_cache c;
+	__u32 slot;
+	__u32 first;
+	__u32 rule_id;	/* out: the matching rule */
+	__u16 port;
+	__u8 proto;
+	__u8 verdict;	/* out: VERDICT_NONE while no rule matched */
+};
+
+/* rule_step tests rule i of the span; 1 stops the loop. A callback, so the
+ * verifier checks it once rather than once per iteration. */
+static long rule_step(__u32 i, void *data)
+{
+	struct rule_walk *w = data;
+	struct egress_rule *r;
+	__u32 idx = w->first + i;
+	void *rules;
+
+	rules = bpf_map_lookup_elem(&egress_rules, &w->slot);
+	if (!rules)
+		return 1;
+	r = bpf_map_lookup_elem(rules, &idx);
+	if (!r)
+		return 1;
+	if (w->port < r->port_min || w->port > r->port_max || !proto_matches(r->proto, w->proto))
+		return 0;
+	if (!subject_matches(r, &w->c))
+		return 0;
+	w->rule_id = r->rule_id;
+	w->verdict = r->verdict;
+	return 1;
+}
+
 /* judge_table finds the first rule of the longest matching prefix span that
  * admits port, proto and the caller; no match leaves the default. */
 static __always_inline void judge_table(__u32 slot, const __u8 addr[16], __u16 port, __u8 proto,
 					struct judgement *j)
 {
-	struct subject_cache c = {.uid = (__u32)bpf_get_current_uid_gid()};
+	struct rule_walk w = {.slot = slot, .port = port, .proto = proto};
 	struct prefix_key key = {.prefixlen = 128};
 	struct rule_span *span;
-	void *trie, *rules;
+	struct egress_rule r;
+	void *trie;
 
 	trie = bpf_map_lookup_elem(&egress_prefixes, &slot);
-	rules = bpf_map_lookup_elem(&egress_rules, &slot);
-	if (!trie || !rules)
+	if (!trie)
 		return;
 	__builtin_memcpy(key.addr, addr, 16);
 	span = bpf_map_lookup_elem(trie, &key);
 	if (!span)
 		return;
 
-	for (__u32 i = 0; i < MAX_RULES_PER_PREFIX; i++) {
-		__u32 idx = span->first + i;
-		struct egress_rule *r;
-
-		if (i >= span->count)
-			break;
-		r = bpf_map_lookup_elem(rules, &idx);
-		if (!r)
-			break;
-		if (port < r->port_min || port > r->port_max || !proto_matches(r->proto, proto))
-			continue;
-		if (!subject_matches(r, &c))
-			continue;
-		judge_rule(r, j);
+	w.first = span->first;
+	w.c.uid = (__u32)bpf_get_current_uid_gid();
+	bpf_loop(span->count < MAX_RULES_PER_PREFIX ? span->count : MAX_RULES_PER_PREFIX, rule_step,
+		 &w, 0);
+	if (w.verdict == VERDICT_NONE)
 		return;
-	}
+	r.rule_id = w.rule_id;
+	r.verdict = w.verdict;
+	judge_rule(&r, j);
 }
 
 static __always_inline void judge(const __u8 addr[16], __u16 port, __u8 proto, struct judgement *j)

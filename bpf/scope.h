@@ -69,32 +69,18 @@ static __always_inline __u32 table_slot(void)
 	return slot ? (*slot & 1) : 0;
 }
 
-/* prefix_matches reports whether addr lies in the prefix p. */
-static __always_inline bool prefix_matches(const struct prefix_key *p, const __u8 addr[16])
-{
-	__u32 bits = p->prefixlen;
-
-	for (int i = 0; i < 16; i++) {
-		__u8 mask;
-
-		if (bits >= 8)
-			mask = 0xff;
-		else
-			mask = (__u8)(0xff << (8 - bits));
-		if ((addr[i] & mask) != (p->addr[i] & mask))
-			return false;
-		bits = bits >= 8 ? bits - 8 : 0;
-	}
-	return true;
-}
-
 /* quarantine_allows reports whether addr is exempt from quarantine. */
 static __always_inline bool quarantine_allows(struct table_settings *st, const __u8 addr[16])
 {
+	__u64 a[2];
+
+	__builtin_memcpy(a, addr, 16);
 	for (int i = 0; i < MAX_QUARANTINE_EXEMPT; i++) {
+		struct exempt_net *n = &st->exempt[i];
+
 		if (i >= st->exempt_count)
 			break;
-		if (prefix_matches(&st->exempt[i], addr))
+		if ((a[0] & n->mask[0]) == n->net[0] && (a[1] & n->mask[1]) == n->net[1])
 			return true;
 	}
 	return false;

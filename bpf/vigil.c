@@ -13,6 +13,7 @@
 
 /* Inner-map values, iterator output and event records reach BTF only
  * through these declarations; bpf2go needs them complete to generate their Go layouts. */
+const struct prefix_key *unused_prefix_key __attribute__((unused));
 const struct rule_span *unused_rule_span __attribute__((unused));
 const struct egress_rule *unused_egress_rule __attribute__((unused));
 const struct ingress_rule *unused_ingress_rule __attribute__((unused));

@@ -41,6 +41,12 @@ type bpfExeKey struct {
 	Ino uint64
 }
 
+type bpfExemptNet struct {
+	_    structs.HostLayout
+	Net  [2]uint64
+	Mask [2]uint64
+}
+
 type bpfIngressRule struct {
 	_       structs.HostLayout
 	RuleId  uint32
@@ -93,7 +99,7 @@ type bpfTableSettings struct {
 	Quarantined    uint8
 	ExemptCount    uint8
 	ProtectedCount uint8
-	Exempt         [8]bpfPrefixKey
+	Exempt         [8]bpfExemptNet
 	Protected      [16]bpfPortRange
 }
 
@@ -200,6 +206,7 @@ const (
 	bpfProgVigilTasks        = "vigil_tasks"
 	bpfVarUnusedEgressRule   = "unused_egress_rule"
 	bpfVarUnusedIngressRule  = "unused_ingress_rule"
+	bpfVarUnusedPrefixKey    = "unused_prefix_key"
 	bpfVarUnusedRuleSpan     = "unused_rule_span"
 	bpfVarUnusedTaskRecord   = "unused_task_record"
 	bpfVarUnusedVigilCounter = "unused_vigil_counter"
@@ -287,6 +294,7 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	UnusedEgressRule   *ebpf.VariableSpec `ebpf:"unused_egress_rule"`
 	UnusedIngressRule  *ebpf.VariableSpec `ebpf:"unused_ingress_rule"`
+	UnusedPrefixKey    *ebpf.VariableSpec `ebpf:"unused_prefix_key"`
 	UnusedRuleSpan     *ebpf.VariableSpec `ebpf:"unused_rule_span"`
 	UnusedTaskRecord   *ebpf.VariableSpec `ebpf:"unused_task_record"`
 	UnusedVigilCounter *ebpf.VariableSpec `ebpf:"unused_vigil_counter"`
@@ -352,6 +360,7 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	UnusedEgressRule   *ebpf.Variable `ebpf:"unused_egress_rule"`
 	UnusedIngressRule  *ebpf.Variable `ebpf:"unused_ingress_rule"`
+	UnusedPrefixKey    *ebpf.Variable `ebpf:"unused_prefix_key"`
 	UnusedRuleSpan     *ebpf.Variable `ebpf:"unused_rule_span"`
 	UnusedTaskRecord   *ebpf.Variable `ebpf:"unused_task_record"`
 	UnusedVigilCounter *ebpf.Variable `ebpf:"unused_vigil_counter"`

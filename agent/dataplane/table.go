@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -81,7 +82,7 @@ func compileSettings(t Table) (*bpfTableSettings, error) {
 		if err != nil {
 			return nil, fmt.Errorf("table quarantine exempt %d: %w", i, err)
 		}
-		s.Exempt[i] = key
+		s.Exempt[i] = exemptNet(key)
 	}
 	s.ExemptCount = uint8(len(t.QuarantineExempt))
 	return s, compileProtected(s, t.ProtectedPorts)
@@ -137,6 +138,28 @@ func prefixKey(p netip.Prefix) (bpfPrefixKey, error) {
 		bits += 96
 	}
 	return bpfPrefixKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}, nil
+}
+
+// exemptNet turns a trie key into network and mask words, loaded the way
+// the kernel loads them from the address bytes (little-endian words).
+func exemptNet(k bpfPrefixKey) bpfExemptNet {
+	var mask [16]byte
+	for i := range mask {
+		bits := int(k.Prefixlen) - 8*i
+		switch {
+		case bits >= 8:
+			mask[i] = 0xff
+		case bits > 0:
+			mask[i] = byte(0xff << (8 - bits))
+		}
+	}
+	var n bpfExemptNet
+	for w := range 2 {
+		m := binary.LittleEndian.Uint64(mask[8*w:])
+		n.Mask[w] = m
+		n.Net[w] = binary.LittleEndian.Uint64(k.Addr[8*w:]) & m
+	}
+	return n
 }
 
 // spanTable is a compiled prefix trie with its rules array.
