@@ -80,7 +80,7 @@ type Engine struct {
 
 var _ api.Engine = (*Engine)(nil)
 
-// agentRecord is what the engine keeps per agent.
+// agentRecord is what the engine keeps per agent; Engine.mu guards it.
 type agentRecord struct {
 	Name      string                `json:"name"`
 	Addresses []string              `json:"addresses"`

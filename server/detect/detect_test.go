@@ -143,6 +143,12 @@ func TestPostureAndCounters(t *testing.T) {
 		{"no new loss", func() []Finding { return s.Counters("a", &vigilpb.Counters{EventsLost: 5}, now) }, ""},
 		{"agent restarted", func() []Finding { return s.Counters("a", &vigilpb.Counters{EventsLost: 1}, now) }, ""},
 		{"loss after restart", func() []Finding { return s.Counters("a", &vigilpb.Counters{EventsLost: 2}, now) }, "event-loss device/a"},
+		{"loss event", func() []Finding {
+			return s.Event("a", &vigilpb.Event{Kind: vigilpb.EventKind_EVENT_KIND_LOSS, Lost: 3})
+		}, "event-loss device/a"},
+		{"counters include the loss event", func() []Finding {
+			return s.Counters("a", &vigilpb.Counters{EventsLost: 5}, now)
+		}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -33,6 +33,8 @@ func (s *State) Event(agent string, ev *vigilpb.Event) []Finding {
 		a.accepted(ev)
 	case vigilpb.EventKind_EVENT_KIND_CONNECT:
 		return s.connect(agent, a, ev, at)
+	case vigilpb.EventKind_EVENT_KIND_LOSS:
+		return a.loss(agent, ev.Lost, at)
 	}
 	return nil
 }

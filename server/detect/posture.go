@@ -90,8 +90,20 @@ func violations(r policy.PostureRule, p *vigilpb.Posture) string {
 	return strings.Join(out, "; ")
 }
 
-// Counters reports kernel event loss: any increase of events_lost since the
-// last report (a counter that went down means the agent restarted).
+// loss reports events the kernel could not deliver, announced by a loss
+// event; the counters that follow already include them.
+func (a *agentState) loss(agent string, lost uint64, at time.Time) []Finding {
+	if lost == 0 {
+		return nil
+	}
+	a.lost += lost
+	return []Finding{finding(DeviceEntity(agent), agent, EventLoss, "medium", agent, at, nil,
+		"kernel lost %d events", lost)}
+}
+
+// Counters reports kernel event loss: any increase of events_lost beyond
+// what was reported already (a counter that went down means the agent
+// restarted and starts a new baseline).
 func (s *State) Counters(agent string, c *vigilpb.Counters, at time.Time) []Finding {
 	if c == nil {
 		return nil
