@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -25,19 +26,29 @@ import (
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
 )
 
-// buildServer compiles the real binary once per test run.
-func buildServer(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "vigil-server")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+// serverBin is the real binary, built once in TestMain.
+var serverBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vigil-server-test-")
 	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	return bin
+	serverBin = filepath.Join(dir, "vigil-server")
+	out, err := exec.Command("go", "build", "-o", serverBin, ".").CombinedOutput()
+	code := 1
+	if err == nil {
+		code = m.Run()
+	} else {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 func TestHelpDocumentsFlags(t *testing.T) {
-	bin := buildServer(t)
+	bin := serverBin
 	out, err := exec.Command(bin, "--help").CombinedOutput()
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)
@@ -124,7 +135,7 @@ func adminClient(t *testing.T, dir, addr, sub string) vigilpb.AdminServiceClient
 }
 
 func TestFirstStartShutdownAndCrash(t *testing.T) {
-	bin := buildServer(t)
+	bin := serverBin
 	dir := filepath.Join(t.TempDir(), "data")
 	metricsAddr := freeAddr(t)
 	s := start(t, bin, dir, "--metrics", metricsAddr)
@@ -181,7 +192,7 @@ func TestFirstStartShutdownAndCrash(t *testing.T) {
 }
 
 func TestAdminCertRoles(t *testing.T) {
-	bin := buildServer(t)
+	bin := serverBin
 	dir := filepath.Join(t.TempDir(), "data")
 	s := start(t, bin, dir)
 	viewerDir := filepath.Join(t.TempDir(), "viewer")

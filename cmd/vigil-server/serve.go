@@ -62,7 +62,8 @@ func serve(c *cli.Context) error {
 		return err
 	}
 
-	// Decisions: the engine reaches agents through the dispatcher.
+	// Decisions: the engine reaches agents through the dispatcher, which also
+	// hands every stored event to DispatcherConfig.Publisher (exporters).
 	m := metrics.New()
 	disp := api.NewDispatcher(api.DispatcherConfig{Store: st, Registry: reg, Metrics: m, Logger: log})
 	eng, err := decide.New(decide.Config{KV: st.Namespace("decide/"), Sink: disp, Logger: log})
@@ -72,7 +73,7 @@ func serve(c *cli.Context) error {
 
 	// Transport: the gRPC server over mutual TLS.
 	srv, err := api.New(api.Config{Store: st, Registry: reg, Authority: ca, Engine: eng, Dispatcher: disp,
-		Metrics: m, Logger: log, Hosts: c.StringSlice("host"), TokenTTL: c.Duration("token-ttl")})
+		Metrics: m, Logger: log, Hosts: certHosts(c), TokenTTL: c.Duration("token-ttl")})
 	if err != nil {
 		return err
 	}
@@ -85,6 +86,17 @@ func serve(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return run(ctx, log, srv, lis, eng, st, m, c.String("metrics"))
+}
+
+// certHosts returns the --host values plus the --listen address when it
+// names one IP, so agents dialing that address can verify the server.
+func certHosts(c *cli.Context) []string {
+	hosts := c.StringSlice("host")
+	host, _, err := net.SplitHostPort(c.String("listen"))
+	if ip := net.ParseIP(host); err == nil && ip != nil && !ip.IsUnspecified() {
+		hosts = append(hosts, host)
+	}
+	return hosts
 }
 
 // run serves until ctx ends, then shuts the server down gracefully and waits
