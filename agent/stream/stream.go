@@ -274,7 +274,14 @@ func (c *Client) sendEvents(st vigilpb.AgentService_ConnectClient, sent uint64) 
 	if err := c.cfg.Spool.Sync(); err != nil {
 		return sent, err
 	}
-	for sent-c.cfg.Spool.Stats().Acked < c.cfg.MaxInFlight {
+	for {
+		// The server may acknowledge past what this stream sent (it stored
+		// them from an earlier one); resume after its acknowledgement.
+		acked := c.cfg.Spool.Stats().Acked
+		sent = max(sent, acked)
+		if sent-acked >= c.cfg.MaxInFlight {
+			return sent, nil
+		}
 		evs, err := c.cfg.Spool.Read(sent, c.cfg.BatchEvents)
 		if err != nil || len(evs) == 0 {
 			return sent, err
@@ -285,7 +292,6 @@ func (c *Client) sendEvents(st vigilpb.AgentService_ConnectClient, sent uint64) 
 		}
 		sent = evs[len(evs)-1].Seq
 	}
-	return sent, nil
 }
 
 func hello(h *vigilpb.Hello) *vigilpb.AgentMessage {

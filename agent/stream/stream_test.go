@@ -308,3 +308,61 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not met within 5s")
 }
+
+// sink is the sending half of a stream, recording what it is given.
+type sink struct {
+	vigilpb.AgentService_ConnectClient
+	sent []*vigilpb.AgentMessage
+}
+
+func (s *sink) Send(m *vigilpb.AgentMessage) error {
+	s.sent = append(s.sent, m)
+	return nil
+}
+
+// TestSendEventsResumesAfterAck checks the sender when the server has
+// acknowledged past what this stream sent (stored from an earlier stream),
+// and when too many events are in flight.
+func TestSendEventsResumesAfterAck(t *testing.T) {
+	tests := []struct {
+		name     string
+		acked    uint64
+		sent     uint64
+		inFlight uint64
+		want     []uint64
+		wantLast uint64
+	}{
+		{"ack beyond sent", 3, 0, 100, []uint64{4, 5, 6, 7, 8}, 8},
+		{"resume after sent", 0, 5, 100, []uint64{6, 7, 8}, 8},
+		{"in-flight bound", 0, 0, 4, []uint64{1, 2, 3, 4}, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sp, err := spool.Open(t.TempDir(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sp.Close()
+			for i := 0; i < 8; i++ {
+				sp.Append(&vigilpb.Event{})
+			}
+			sp.Ack(tt.acked)
+			c := New(Config{Spool: sp, BatchEvents: 2, MaxInFlight: tt.inFlight})
+
+			out := &sink{}
+			last, err := c.sendEvents(out, tt.sent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []uint64
+			for _, m := range out.sent {
+				for _, ev := range m.GetEvents().GetEvents() {
+					got = append(got, ev.Seq)
+				}
+			}
+			if !equal(got, tt.want) || last != tt.wantLast {
+				t.Errorf("sent %v (last %d), want %v (last %d)", got, last, tt.want, tt.wantLast)
+			}
+		})
+	}
+}
