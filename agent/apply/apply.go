@@ -197,6 +197,10 @@ func (a *Applier) ApplyDiff(d *vigilpb.TableDiff) (*vigilpb.TableAck, error) {
 // process is killed from user space at once, and the table is rewritten so
 // the kernel kills later execs of that file itself. It returns whether it
 // killed the process.
+//
+// BUG: the first exec of a listed file the kernel did not know yet runs
+// until the agent has read the event, hashed the file and killed it, a
+// window of milliseconds in which the new image executes.
 func (a *Applier) OnExec(p proctable.Process) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

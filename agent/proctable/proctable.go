@@ -218,6 +218,9 @@ func (t *Table) exec(ev dataplane.Event) Process {
 // describeGone fills in the executable of a process that exited before its
 // exec event was read: the path it passed to execve is hashed when that
 // file is still the one the kernel executed (same device and inode).
+//
+// BUG: the arguments of such a short-lived process are lost, since the
+// kernel event does not carry argv and /proc no longer has it.
 func (t *Table) describeGone(p *Process, ev dataplane.Event) {
 	if p.Path == "" {
 		p.Path = ev.Filename
