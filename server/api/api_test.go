@@ -366,3 +366,33 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestAgentReports(t *testing.T) {
+	ts := runServer(t, t.TempDir())
+	a := ts.connect(t, ts.enroll(t, "laptop"), "laptop")
+	first := a.next(t).GetTable().GetVersion()
+
+	a.send(t, &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_TableAck{TableAck: &vigilpb.TableAck{Version: first}}})
+	a.send(t, &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Counters{Counters: &vigilpb.Counters{EventsLost: 9}}})
+	a.send(t, &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Posture{Posture: &vigilpb.Posture{Hostname: "h"}}})
+	// A second hello asks for a full table again.
+	a.send(t, &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Hello{Hello: &vigilpb.Hello{Name: "laptop"}}})
+	if v := a.next(t).GetTable().GetVersion(); v <= first {
+		t.Fatalf("second hello got table %d, want a new full table after %d", v, first)
+	}
+
+	resp, err := ts.admin(t, pki.RoleViewer).ListAgents(context.Background(), &vigilpb.ListAgentsRequest{})
+	if err != nil || len(resp.Agents) != 1 {
+		t.Fatalf("list agents: %v err %v", resp, err)
+	}
+	got := resp.Agents[0]
+	if !got.Online || got.TableVersion != first || got.EventsLost != 9 || got.Posture.GetHostname() != "h" ||
+		got.Level != "high" {
+		t.Fatalf("agent %v: want online, table %d, 9 lost, posture and level", got, first)
+	}
+	ts.engine.mu.Lock()
+	defer ts.engine.mu.Unlock()
+	if ts.engine.acked["laptop"] != first {
+		t.Fatalf("engine saw table ack %d, want %d", ts.engine.acked["laptop"], first)
+	}
+}
