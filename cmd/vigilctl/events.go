@@ -8,6 +8,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc/codes"
@@ -145,7 +146,7 @@ func eventSummary(ev *vigilpb.Event) string {
 	switch ev.GetKind() {
 	case vigilpb.EventKind_EVENT_KIND_EXEC:
 		return strings.TrimSpace(fmt.Sprintf("%s uid %d %s %s", procName(p), p.GetUid(), p.GetExecutable(),
-			strings.Join(p.GetArgs(), " ")))
+			quoteArgs(p.GetArgs())))
 	case vigilpb.EventKind_EVENT_KIND_FORK:
 		return fmt.Sprintf("%s forked from %d", procName(p), p.GetPpid())
 	case vigilpb.EventKind_EVENT_KIND_EXIT:
@@ -179,6 +180,22 @@ func connSummary(p *vigilpb.Process, conn *vigilpb.Connection) string {
 		rule = "rule " + strconv.Itoa(int(conn.GetRuleId()))
 	}
 	return fmt.Sprintf("%s %s %s (%s)", flow, enumName(conn.GetProtocol().String(), "PROTOCOL_"), verdict, rule)
+}
+
+// quoteArgs joins the arguments after argv[0] (the executable is shown
+// instead) on one line, quoting those with spaces or control characters.
+func quoteArgs(args []string) string {
+	if len(args) < 2 {
+		return ""
+	}
+	out := make([]string, len(args)-1)
+	for i, a := range args[1:] {
+		out[i] = a
+		if a == "" || strings.ContainsFunc(a, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+			out[i] = strconv.Quote(a)
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // procName names a process as "name[pid]", from its executable or comm.

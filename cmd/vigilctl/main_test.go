@@ -59,6 +59,9 @@ func newFixture(t *testing.T) *fixture {
 				Connection: &vigilpb.Connection{RemoteAddress: "10.0.0.9", RemotePort: 443,
 					Protocol: vigilpb.Protocol_PROTOCOL_TCP, Verdict: vigilpb.Verdict_VERDICT_DENY, RuleId: 3}},
 			{Kind: vigilpb.EventKind_EVENT_KIND_LEVEL, Entity: "device/laptop-7", Message: "high -> low"},
+			{Kind: vigilpb.EventKind_EVENT_KIND_EXEC, Agent: "laptop-7", TimeUnixNano: 1700000001e9,
+				Process: &vigilpb.Process{Pid: 43, Uid: 1000, Executable: "/usr/bin/python3",
+					Args: []string{"python", "-c", "import os\nos.exit(0)", "-v"}}},
 		},
 		apply:   &vigilpb.ApplyPolicyResponse{Version: 3},
 		outcome: &vigilpb.InstructionResponse{Seq: 7, Outcome: vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE, LatencyUs: 150},
@@ -127,6 +130,7 @@ func TestListingsTable(t *testing.T) {
 				"TIME AGENT KIND EVENT",
 				nanoTime(1700000000e9) + " laptop-7 connect curl[42] -> 10.0.0.9:443 tcp deny (rule 3)",
 				"- server level device/laptop-7 high -> low",
+				nanoTime(1700000001e9) + ` laptop-7 exec python3[43] uid 1000 /usr/bin/python3 -c "import os\nos.exit(0)" -v`,
 			},
 		},
 	}
