@@ -102,11 +102,14 @@ func rawSendto(addr string) error {
 	return unix.Sendto(fd, []byte("vigil"), 0, sa)
 }
 
-// connectLoop connects n times and prints "allowed denied" counts.
+// connectLoop connects n times, or for n milliseconds when count ends in
+// "ms", and prints "allowed denied" counts.
 func connectLoop(addr, count string) int {
-	n, _ := strconv.Atoi(count)
+	n, _ := strconv.Atoi(strings.TrimSuffix(count, "ms"))
+	until := time.Now().Add(time.Duration(n) * time.Millisecond)
+	timed := strings.HasSuffix(count, "ms")
 	allowed, denied := 0, 0
-	for range n {
+	for i := 0; timed && time.Now().Before(until) || !timed && i < n; i++ {
 		err := rawConnect(addr, unix.SOCK_STREAM)
 		switch {
 		case err == nil:
