@@ -120,7 +120,7 @@ type fakeAdmin struct {
 	mu       sync.Mutex
 	requests []proto.Message // guarded by mu
 
-	// Read-only after start.
+	// Canned answers; tests change them only between calls.
 	agents   *vigilpb.ListAgentsResponse
 	entities *vigilpb.ListEntitiesResponse
 	history  *vigilpb.PolicyHistoryResponse
