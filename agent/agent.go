@@ -162,8 +162,11 @@ type agent struct {
 	posture *vigilpb.Posture // last collected; guarded by mu
 }
 
-func newAgent(ctx context.Context, cfg Config, creds *enroll.Credentials, dp *dataplane.Dataplane) (*agent, error) {
-	a := &agent{cfg: cfg, log: cfg.Logger, dp: dp, procs: proctable.New("/proc"), metrics: metrics.New()}
+func newAgent(ctx context.Context, cfg Config, creds *enroll.Credentials,
+	dp *dataplane.Dataplane) (*agent, error) {
+	a := &agent{
+		cfg: cfg, log: cfg.Logger, dp: dp, procs: proctable.New("/proc"), metrics: metrics.New(),
+	}
 	a.cfg.Name = creds.Name
 
 	// Processes that predate the agent get full identity too.
@@ -328,7 +331,8 @@ func (a *agent) syncLoop(ctx context.Context) {
 func (a *agent) postureLoop(ctx context.Context) {
 	every(ctx, a.cfg.PostureEvery, func() {
 		if a.refreshPosture(ctx) {
-			a.client.Send(&vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Posture{Posture: a.currentPosture()}})
+			body := &vigilpb.AgentMessage_Posture{Posture: a.currentPosture()}
+			a.client.Send(&vigilpb.AgentMessage{Body: body})
 		}
 	})
 }

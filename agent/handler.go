@@ -56,7 +56,8 @@ func (a *agent) Diff(d *vigilpb.TableDiff) (*vigilpb.TableAck, error) {
 
 func (a *agent) logTable(ack *vigilpb.TableAck, policy uint64) {
 	if ack.Error != "" {
-		a.log.Error("table rejected, previous stays", "err", ack.Error, "policy_version", policy, "table_version", ack.Version)
+		a.log.Error("table rejected, previous stays", "err", ack.Error,
+			"policy_version", policy, "table_version", ack.Version)
 		return
 	}
 	t := a.applier.Table()

@@ -187,7 +187,8 @@ func (a *Applier) ApplyDiff(d *vigilpb.TableDiff) (*vigilpb.TableAck, error) {
 	defer a.mu.Unlock()
 
 	if a.table.Version == 0 || d.BaseVersion != a.table.Version {
-		return nil, fmt.Errorf("diff %d->%d, held %d: %w", d.BaseVersion, d.Version, a.table.Version, ErrStaleBase)
+		return nil, fmt.Errorf("diff %d->%d, held %d: %w",
+			d.BaseVersion, d.Version, a.table.Version, ErrStaleBase)
 	}
 	return a.replace(applyDiff(a.table, d)), nil
 }
@@ -279,7 +280,8 @@ func (a *Applier) saveTable() error {
 // one is not executed again: it is acknowledged with the outcome recorded
 // the first time (FAILED when that record is gone). The error reports a
 // failure to save the record; the acknowledgement stands regardless.
-func (a *Applier) Execute(ins *vigilpb.Instruction, received time.Time) (*vigilpb.InstructionAck, error) {
+func (a *Applier) Execute(ins *vigilpb.Instruction,
+	received time.Time) (*vigilpb.InstructionAck, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 
@@ -343,7 +345,8 @@ func (a *Applier) execute(ins *vigilpb.Instruction) *vigilpb.InstructionAck {
 			t.KillOnExec = addStrings(t.KillOnExec, []string{strings.ToLower(ins.Sha256)})
 			return nil
 		})
-	case vigilpb.InstructionKind_INSTRUCTION_KIND_QUARANTINE, vigilpb.InstructionKind_INSTRUCTION_KIND_RELEASE:
+	case vigilpb.InstructionKind_INSTRUCTION_KIND_QUARANTINE,
+		vigilpb.InstructionKind_INSTRUCTION_KIND_RELEASE:
 		q := ins.Kind == vigilpb.InstructionKind_INSTRUCTION_KIND_QUARANTINE
 		return a.change(func(t *vigilpb.VerdictTable) error { t.Quarantined = q; return nil })
 	case vigilpb.InstructionKind_INSTRUCTION_KIND_REAUTHENTICATE:

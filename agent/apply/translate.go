@@ -325,7 +325,8 @@ func hasString(list []string, s string) bool {
 // failModeTable adjusts a kernel table for the time the server is
 // unreachable: closed denies every egress but TCP to the server's address
 // and port, open turns every deny into audit, last-known leaves it as it is.
-func failModeTable(kt dataplane.Table, mode vigilpb.FailMode, server []netip.Prefix, port uint16) dataplane.Table {
+func failModeTable(kt dataplane.Table, mode vigilpb.FailMode, server []netip.Prefix,
+	port uint16) dataplane.Table {
 	switch mode {
 	case vigilpb.FailMode_FAIL_MODE_CLOSED:
 		kt.DefaultEgress = dataplane.VerdictDeny

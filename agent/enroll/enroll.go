@@ -130,7 +130,8 @@ func Enroll(ctx context.Context, addr, token, name, dir string) (*Credentials, e
 		return nil, err
 	}
 
-	resp, err := callEnroll(ctx, addr, tok, &vigilpb.EnrollRequest{Token: tok.Raw, Name: name, CsrDer: csr})
+	req := &vigilpb.EnrollRequest{Token: tok.Raw, Name: name, CsrDer: csr}
+	resp, err := callEnroll(ctx, addr, tok, req)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +141,8 @@ func Enroll(ctx context.Context, addr, token, name, dir string) (*Credentials, e
 	return save(dir, key, resp)
 }
 
-func callEnroll(ctx context.Context, addr string, tok Token, req *vigilpb.EnrollRequest) (*vigilpb.EnrollResponse, error) {
+func callEnroll(ctx context.Context, addr string, tok Token,
+	req *vigilpb.EnrollRequest) (*vigilpb.EnrollResponse, error) {
 	var pinErr atomic.Pointer[error]
 	verify := pinnedVerifier(tok.CAHash)
 	cfg := &tls.Config{
@@ -184,7 +186,8 @@ func pinnedVerifier(pin string) func([][]byte, [][]*x509.Certificate) error {
 			}
 		}
 		if ca == nil || !ca.IsCA {
-			return fmt.Errorf("%w (the server must send its CA certificate in its TLS chain)", ErrPinMismatch)
+			return fmt.Errorf("%w (the server must send its CA certificate in its TLS chain)",
+				ErrPinMismatch)
 		}
 
 		leaf, err := x509.ParseCertificate(raw[0])
@@ -230,7 +233,10 @@ func (c *Credentials) ClientTLS() *tls.Config {
 					inter.AddCert(cert)
 				}
 			}
-			opts := x509.VerifyOptions{Roots: c.CA, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+			opts := x509.VerifyOptions{
+				Roots: c.CA, Intermediates: inter,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			}
 			_, err = leaf.Verify(opts)
 			return err
 		},

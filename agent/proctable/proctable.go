@@ -129,7 +129,8 @@ func (t *Table) Prune() int {
 
 	var gone []uint32
 	for _, pid := range pids {
-		if _, err := os.Stat(filepath.Join(t.procRoot, strconv.FormatUint(uint64(pid), 10))); os.IsNotExist(err) {
+		dir := filepath.Join(t.procRoot, strconv.FormatUint(uint64(pid), 10))
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
 			gone = append(gone, pid)
 		}
 	}

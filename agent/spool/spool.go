@@ -452,7 +452,8 @@ func (s *Spool) loadState() error {
 	if err != nil {
 		return fmt.Errorf("read spool state: %w", err)
 	}
-	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "acked=%d dropped=%d", &s.acked, &s.dropped); err != nil {
+	text := strings.TrimSpace(string(b))
+	if _, err := fmt.Sscanf(text, "acked=%d dropped=%d", &s.acked, &s.dropped); err != nil {
 		return fmt.Errorf("parse spool state %s: %w", filepath.Join(s.dir, stateFile), err)
 	}
 	return nil

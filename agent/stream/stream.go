@@ -127,7 +127,8 @@ func (c *Client) Send(m *vigilpb.AgentMessage) bool {
 // Run keeps a stream open until ctx ends, reconnecting after every failure
 // with exponential backoff and full jitter.
 func (c *Client) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(c.cfg.Addr, grpc.WithTransportCredentials(credentials.NewTLS(c.cfg.TLS)))
+	creds := grpc.WithTransportCredentials(credentials.NewTLS(c.cfg.TLS))
+	conn, err := grpc.NewClient(c.cfg.Addr, creds)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", c.cfg.Addr, err)
 	}
@@ -187,7 +188,8 @@ func (c *Client) session(ctx context.Context, api vigilpb.AgentServiceClient) er
 }
 
 // receive handles server messages and queues the replies for the sender.
-func (c *Client) receive(ctx context.Context, st vigilpb.AgentService_ConnectClient, replies chan<- *vigilpb.AgentMessage) error {
+func (c *Client) receive(ctx context.Context, st vigilpb.AgentService_ConnectClient,
+	replies chan<- *vigilpb.AgentMessage) error {
 	first := true
 	for {
 		msg, err := st.Recv()
@@ -242,7 +244,8 @@ func (c *Client) handle(msg *vigilpb.ServerMessage) (*vigilpb.AgentMessage, erro
 
 // send writes replies, queued messages and spooled events to the stream.
 // Everything unacknowledged in the spool is sent again on a new stream.
-func (c *Client) send(ctx context.Context, st vigilpb.AgentService_ConnectClient, replies <-chan *vigilpb.AgentMessage) error {
+func (c *Client) send(ctx context.Context, st vigilpb.AgentService_ConnectClient,
+	replies <-chan *vigilpb.AgentMessage) error {
 	tick := time.NewTicker(c.cfg.FlushEvery)
 	defer tick.Stop()
 
@@ -286,7 +289,8 @@ func (c *Client) sendEvents(st vigilpb.AgentService_ConnectClient, sent uint64) 
 		if err != nil || len(evs) == 0 {
 			return sent, err
 		}
-		batch := &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Events{Events: &vigilpb.EventBatch{Events: evs}}}
+		body := &vigilpb.AgentMessage_Events{Events: &vigilpb.EventBatch{Events: evs}}
+		batch := &vigilpb.AgentMessage{Body: body}
 		if err := st.Send(batch); err != nil {
 			return sent, fmt.Errorf("send events: %w", err)
 		}
