@@ -85,12 +85,32 @@ func subjectCovers(d, a *vigilpb.Subject) bool {
 	return d.ExecutableSha256 == "" || d.ExecutableSha256 == a.ExecutableSha256
 }
 
+// sortEgress orders entries by destination and, within one destination,
+// by precedence: the narrowest port range first, then the entry selecting
+// the most subject fields, then deny before audit before allow. The agent
+// takes the first matching entry of the longest matching prefix, so table
+// order carries the precedence. Exact duplicates are dropped.
 func sortEgress(es []*vigilpb.EgressEntry) []*vigilpb.EgressEntry {
 	keys := make(map[*vigilpb.EgressEntry]string, len(es))
 	for _, e := range es {
 		keys[e] = EgressKey(e)
 	}
-	sort.SliceStable(es, func(i, j int) bool { return keys[es[i]] < keys[es[j]] })
+	sort.SliceStable(es, func(i, j int) bool {
+		a, b := es[i], es[j]
+		if a.Destination != b.Destination {
+			return a.Destination < b.Destination
+		}
+		if a.PortMax-a.PortMin != b.PortMax-b.PortMin {
+			return a.PortMax-a.PortMin < b.PortMax-b.PortMin
+		}
+		if subjectFields(a.Subject) != subjectFields(b.Subject) {
+			return subjectFields(a.Subject) > subjectFields(b.Subject)
+		}
+		if verdictRank(a.Verdict) != verdictRank(b.Verdict) {
+			return verdictRank(a.Verdict) > verdictRank(b.Verdict)
+		}
+		return keys[a] < keys[b]
+	})
 	out := es[:0]
 	for i, e := range es {
 		if i > 0 && keys[e] == keys[es[i-1]] {
@@ -110,8 +130,9 @@ type Process struct {
 }
 
 // Lookup judges an outbound connection against a table the way the agent's
-// kernel does (see the package documentation). It returns the deciding
-// entry, or nil when the table's default applies.
+// kernel does: among the entries that match, those of the longest prefix
+// count, and the first of them in table order decides. It returns the
+// deciding entry, or nil when the table's default applies.
 func Lookup(t *vigilpb.VerdictTable, proc Process, dst netip.AddrPort,
 	proto vigilpb.Protocol) *vigilpb.EgressEntry {
 	addr := dst.Addr().Unmap()
@@ -122,10 +143,7 @@ func Lookup(t *vigilpb.VerdictTable, proc Process, dst netip.AddrPort,
 		if err != nil || !pfx.Contains(addr) || !portIn(e, dst.Port()) || !protoIn(e.Protocol, proto) {
 			continue
 		}
-		if !subjectMatches(e.Subject, proc) {
-			continue
-		}
-		if best == nil || moreSpecific(e, pfx.Bits(), best, bestBits) {
+		if subjectMatches(e.Subject, proc) && pfx.Bits() > bestBits {
 			best, bestBits = e, pfx.Bits()
 		}
 	}
@@ -157,19 +175,6 @@ func subjectMatches(s *vigilpb.Subject, p Process) bool {
 		return false
 	}
 	return s.ExecutableSha256 == "" || s.ExecutableSha256 == p.SHA256
-}
-
-func moreSpecific(e *vigilpb.EgressEntry, bits int, b *vigilpb.EgressEntry, bBits int) bool {
-	if bits != bBits {
-		return bits > bBits
-	}
-	if span, bSpan := e.PortMax-e.PortMin, b.PortMax-b.PortMin; span != bSpan {
-		return span < bSpan
-	}
-	if n, bn := subjectFields(e.Subject), subjectFields(b.Subject); n != bn {
-		return n > bn
-	}
-	return verdictRank(e.Verdict) > verdictRank(b.Verdict)
 }
 
 func subjectFields(s *vigilpb.Subject) int {

@@ -11,11 +11,13 @@
 // connection when its destination prefix holds the address (IPv4-mapped IPv6
 // addresses count as IPv4), the port lies in its inclusive range, the
 // protocol matches (ANY matches TCP and UDP) and every subject field it sets
-// equals the process's. Among matches the most specific wins: the longest
-// prefix, then the narrowest port range, then the most subject fields set;
-// at equal specificity deny beats audit beats allow. The compiler also turns
-// every allow that lies inside a deny into a deny, so deny beats allow
-// whatever the specificity. No match means the table's default verdict.
+// equals the process's. Among matches, those of the longest prefix count and
+// the first of them in table order decides; no match means the table's
+// default verdict. The compiler orders each destination's entries by
+// precedence (the narrowest port range, then the most subject fields set,
+// then deny before audit before allow), so the most specific entry decides.
+// It also turns every allow lying inside a deny into a deny, so deny beats
+// allow whatever the specificity.
 package policy
 
 import (

@@ -2,6 +2,7 @@ package decide
 
 import (
 	"context"
+	"net/netip"
 	"sort"
 	"sync"
 	"testing"
@@ -28,9 +29,12 @@ func applyDiff(t *vigilpb.VerdictTable, d *vigilpb.TableDiff) *vigilpb.VerdictTa
 	id := func(s string) string { return s }
 	out.KillOnExec = patch(out.KillOnExec, d.KillOnExecAdded, d.KillOnExecRemoved, id)
 	out.CutPeers = patch(out.CutPeers, d.CutPeersAdded, d.CutPeersRemoved, id)
+	sort.Strings(out.KillOnExec)
+	sort.Strings(out.CutPeers)
 	return out
 }
 
+// patch removes and then appends, as the agent does.
 func patch[E any](have, added, removed []E, key func(E) string) []E {
 	gone := map[string]bool{}
 	for _, e := range removed {
@@ -42,9 +46,19 @@ func patch[E any](have, added, removed []E, key func(E) string) []E {
 			out = append(out, e)
 		}
 	}
-	out = append(out, added...)
-	sort.SliceStable(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
-	return out
+	return append(out, added...)
+}
+
+// samePrecedence reports whether two tables hold the same entries in the
+// same order within every prefix, which is all the kernel's judgement
+// depends on.
+func samePrecedence(a, b *vigilpb.VerdictTable) bool {
+	a, b = proto.Clone(a).(*vigilpb.VerdictTable), proto.Clone(b).(*vigilpb.VerdictTable)
+	for _, t := range []*vigilpb.VerdictTable{a, b} {
+		sort.SliceStable(t.Egress, func(i, j int) bool { return t.Egress[i].Destination < t.Egress[j].Destination })
+		sort.SliceStable(t.Ingress, func(i, j int) bool { return t.Ingress[i].Peer < t.Ingress[j].Peer })
+	}
+	return proto.Equal(a, b)
 }
 
 // TestDiffsReplayToTables follows every diff the scenario pushes and checks
@@ -75,7 +89,7 @@ func TestDiffsReplayToTables(t *testing.T) {
 				held[agent] = applyDiff(held[agent], d)
 			}
 			seen[agent] = len(f.sink.diffs[agent])
-			if !proto.Equal(held[agent], f.table(agent)) {
+			if !samePrecedence(held[agent], f.table(agent)) {
 				t.Fatalf("%s: %s replayed table differs:\n%s\nvs engine\n%s", st.name, agent,
 					policy.FormatTable(held[agent]), policy.FormatTable(f.table(agent)))
 			}
@@ -104,5 +118,27 @@ func TestConcurrentCalls(t *testing.T) {
 	wg.Wait()
 	if l := f.e.Level("device/laptop"); l != "low" && l != "high" {
 		t.Fatalf("level %s", l)
+	}
+}
+
+func TestDiffKeepsPrecedenceWithinPrefix(t *testing.T) {
+	uid := uint32(1000)
+	deny := &vigilpb.EgressEntry{Destination: "10.0.0.1/32", PortMin: 80, PortMax: 80,
+		Protocol: vigilpb.Protocol_PROTOCOL_TCP, Subject: &vigilpb.Subject{}, Verdict: vigilpb.Verdict_VERDICT_DENY}
+	allow := proto.Clone(deny).(*vigilpb.EgressEntry)
+	allow.Subject.Uid, allow.Verdict, allow.RuleId = &uid, vigilpb.Verdict_VERDICT_ALLOW, 7
+	other := &vigilpb.EgressEntry{Destination: "10.0.0.2/32", PortMin: 1, PortMax: 1,
+		Protocol: vigilpb.Protocol_PROTOCOL_TCP, Subject: &vigilpb.Subject{}, Verdict: vigilpb.Verdict_VERDICT_DENY}
+	prev := &vigilpb.VerdictTable{Version: 1, Egress: []*vigilpb.EgressEntry{deny, other}}
+	next := &vigilpb.VerdictTable{Version: 2, Egress: []*vigilpb.EgressEntry{allow, deny, other}}
+
+	d := Diff(prev, next)
+	equal(t, "removed", len(d.EgressRemoved), 1)
+	equal(t, "added", len(d.EgressAdded), 2)
+	held := applyDiff(prev, d)
+	e := policy.Lookup(held, policy.Process{Known: true, UID: 1000}, netip.MustParseAddrPort("10.0.0.1:80"),
+		vigilpb.Protocol_PROTOCOL_TCP)
+	if e == nil || e.Verdict != vigilpb.Verdict_VERDICT_ALLOW {
+		t.Fatalf("after the diff uid 1000 gets %v, want the allow", e)
 	}
 }
