@@ -211,13 +211,11 @@ func (e *Engine) SetIndicators(feed string, inds []policy.Indicator) {
 	e.detect.SetFeed(feed, inds)
 	key := []byte(keyFeedPrefix + feed)
 	if inds == nil {
-		delete(e.feeds, feed)
 		if err := e.kv.Delete(key); err != nil {
 			e.log.Error("delete feed", "feed", feed, "err", err)
 		}
 		return
 	}
-	e.feeds[feed] = true
 	if err := e.putJSON(string(key), inds); err != nil {
 		e.log.Error("store feed", "feed", feed, "err", err)
 	}

@@ -71,9 +71,8 @@ type Engine struct {
 	agents        map[string]*agentRecord   // guarded by mu
 	cuts          map[string]map[string]cut // agent → peer → cause; guarded by mu
 	killOnExec    map[string]string         // sha256 → reason, added at run time; guarded by mu
-	feeds         map[string]bool           // feed names persisted; guarded by mu
 	windows       string                    // rules in force at the last compile; guarded by mu
-	seq           uint64                    // history key tiebreaker; guarded by mu
+	seq           uint64                    // finding ids and history key order; guarded by mu
 	hosts         map[string]bool           // agents that run a service; guarded by mu
 	worldAgents   map[string]*policy.Agent  // compile view of agents; guarded by mu
 }
@@ -111,8 +110,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{kv: cfg.KV, sink: cfg.Sink, log: cfg.Logger, now: cfg.Now,
 		detect: detect.NewState(), agents: map[string]*agentRecord{},
-		cuts: map[string]map[string]cut{}, killOnExec: map[string]string{},
-		feeds: map[string]bool{}}
+		cuts: map[string]map[string]cut{}, killOnExec: map[string]string{}}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}

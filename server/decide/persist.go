@@ -203,7 +203,6 @@ func (e *Engine) loadFeed(name string, raw []byte) error {
 	if err := json.Unmarshal(raw, &inds); err != nil {
 		return fmt.Errorf("decode feed %s: %w", name, err)
 	}
-	e.feeds[name] = true
 	e.detect.SetFeed(name, inds)
 	return nil
 }
