@@ -18,7 +18,7 @@
 #define TCP_ESTABLISHED_NR 1
 #define TCP_SYN_RECV_NR	3
 
-#define MAX_CGROUP_DEPTH	16	/* ancestor levels a cgroup subject walks */
+#define MAX_CGROUP_DEPTH	16	/* ancestor levels scope and cgroup checks walk */
 #define MAX_RULES_PER_PREFIX	32	/* rules one prefix (with its covering prefixes) may hold */
 #define MAX_PROTECTED_RANGES	16	/* protected local port ranges per table */
 #define MAX_QUARANTINE_EXEMPT	8	/* prefixes reachable while quarantined */
@@ -188,8 +188,8 @@ struct table_settings {
  * not the current task. */
 struct scope_info {
 	__u64 cgroup_id;	/* kernfs id of the scope directory */
-	__u32 level;		/* its depth below the cgroup v2 root */
 	__u32 cut_entries;	/* entries in cut_peers; 0 skips the lookups */
+	__u32 pad;
 };
 
 /* cut_key names a cut peer: address (IPv4-mapped for IPv4) and remote port,

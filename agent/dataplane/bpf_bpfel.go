@@ -88,8 +88,8 @@ type bpfRuleSpan struct {
 type bpfScopeInfo struct {
 	_          structs.HostLayout
 	CgroupId   uint64
-	Level      uint32
 	CutEntries uint32
+	Pad        uint32
 }
 
 type bpfTableSettings struct {

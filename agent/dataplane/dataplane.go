@@ -34,21 +34,20 @@ var (
 type Config struct {
 	CgroupPath      string // scope; "" = cgroup v2 root /sys/fs/cgroup/unified
 	PinPath         string // "" = /sys/fs/bpf/vigil/<scope name>
-	RingBufferBytes int    // 0 = 8 MiB; rounded up to a power of two pages
+	RingBufferBytes int    // 0 = 8 MiB; rounded up to a power of two pages; an adopted ring keeps its size
 	Logger          *slog.Logger
 }
 
 // Dataplane is the loaded data plane of one scope. Its methods are safe for
 // concurrent use.
 type Dataplane struct {
-	cfg    Config
-	log    *slog.Logger
-	spec   *ebpf.CollectionSpec // read-only after Open; inner map templates
-	objs   bpfObjects
-	links  []link.Link
-	caps   Capabilities // read-only after Open
-	scope  *os.File     // the scope directory, kept open for the cgroup array
-	scopeL uint32       // depth of the scope below the cgroup root
+	cfg   Config
+	log   *slog.Logger
+	spec  *ebpf.CollectionSpec // read-only after Open; inner map templates
+	objs  bpfObjects
+	links []link.Link
+	caps  Capabilities // read-only after Open
+	scope *os.File     // the scope directory, kept open for the cgroup array
 
 	mu sync.Mutex // serializes table, cut and kill writes
 }
@@ -187,27 +186,17 @@ func (d *Dataplane) initScope() error {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return fmt.Errorf("stat scope cgroup: %w", err)
 	}
-	d.scopeL = cgroupLevel(d.cfg.CgroupPath)
 
 	if err := d.objs.ScopeCgroup.Put(uint32(0), uint32(f.Fd())); err != nil {
 		return fmt.Errorf("write scope_cgroup: %w", err)
 	}
 	var info bpfScopeInfo
 	_ = d.objs.Scope.Lookup(uint32(0), &info)
-	info.CgroupId, info.Level = st.Ino, d.scopeL
+	info.CgroupId = st.Ino
 	if err := d.objs.Scope.Put(uint32(0), &info); err != nil {
 		return fmt.Errorf("write scope: %w", err)
 	}
 	return nil
-}
-
-// cgroupLevel is the depth of path below the cgroup v2 root.
-func cgroupLevel(path string) uint32 {
-	rel, err := filepath.Rel(DefaultCgroupRoot, filepath.Clean(path))
-	if err != nil || rel == "." {
-		return 0
-	}
-	return uint32(strings.Count(rel, "/") + 1)
 }
 
 // attach adopts each pinned link or attaches and pins a new one, recording
