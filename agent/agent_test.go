@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -117,7 +118,7 @@ func startAgent(t *testing.T, srv *server, dataDir, scope string) {
 		errc <- Run(ctx, Config{
 			Server: srv.addr, Token: srv.token, DataDir: dataDir, Name: "dev-1", Cgroup: scope,
 			CleanupOnExit: true, Logger: slog.New(slog.DiscardHandler), Addresses: []string{"10.99.0.1"},
-			PostureEvery: time.Hour, CountersEvery: 200 * time.Millisecond,
+			PostureEvery: 300 * time.Millisecond, CountersEvery: 200 * time.Millisecond,
 		})
 	}()
 	t.Cleanup(func() {
@@ -270,6 +271,12 @@ func TestAgentAgainstServer(t *testing.T) {
 
 	// Kernel counters reach the server.
 	srv.expect(t, "counters", func(m *vigilpb.AgentMessage) bool { return m.GetCounters().GetEventsEmitted() > 0 })
+
+	// A posture change (a new listening socket) is sent without asking.
+	listener := fmt.Sprintf("tcp:%d", listen(t, "tcp4", "127.0.0.1:0"))
+	srv.expect(t, "posture with "+listener, func(m *vigilpb.AgentMessage) bool {
+		return slices.Contains(m.GetPosture().GetListening(), listener)
+	})
 }
 
 // TestAgentRestartKeepsState stops an agent and starts another on the same
