@@ -37,7 +37,11 @@ type KV interface {
 
 // Config configures New.
 type Config struct {
-	KV     KV
+	KV KV
+	// Sink receives diffs, instructions and records in decision order, from
+	// whichever goroutine made the decision. Its methods must not wait for
+	// an Engine call to return: the next decision's Sink calls wait for
+	// them.
 	Sink   api.Sink
 	Logger *slog.Logger
 	// Now returns the current time; nil means time.Now.

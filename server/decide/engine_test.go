@@ -519,3 +519,15 @@ func TestHistoryKeepsEveryChange(t *testing.T) {
 	}
 	equal(t, "history", got, []string{"medium->low", "low->high"})
 }
+
+func TestCutBeforeHelloReachesTheTable(t *testing.T) {
+	f := newFixture(t)
+	if err := f.e.Cut(context.Background(), "late", "10.9.0.1:22"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.e.Cut(context.Background(), "late", "not-an-address"); err == nil {
+		t.Fatal("bad peer accepted")
+	}
+	tab := f.online("late", "10.1.0.50")
+	equal(t, "cut peers at hello", tab.CutPeers, []string{"10.9.0.1:22"})
+}
