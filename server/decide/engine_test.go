@@ -531,3 +531,33 @@ func TestCutBeforeHelloReachesTheTable(t *testing.T) {
 	tab := f.online("late", "10.1.0.50")
 	equal(t, "cut peers at hello", tab.CutPeers, []string{"10.9.0.1:22"})
 }
+
+func TestRunStopsWithItsContext(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.e.Run(ctx) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNewRejectsCorruptState(t *testing.T) {
+	tests := []struct {
+		name, key, value string
+	}{
+		{"entity", keyEntityPrefix + "device/x", "{"},
+		{"cut", keyCutPrefix + "no-separator", "{}"},
+		{"missing policy version", keyPolicyCurrent, "\x00\x00\x00\x00\x00\x00\x00\x09"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kv := newMemKV()
+			kv.Set([]byte(tt.key), []byte(tt.value))
+			if _, err := New(Config{KV: kv, Sink: newRecSink()}); err == nil {
+				t.Fatalf("New accepted corrupt %s", tt.name)
+			}
+		})
+	}
+}

@@ -152,8 +152,11 @@ func (e *Engine) restorePolicy() error {
 	if ok && len(raw) == 8 {
 		v := binary.BigEndian.Uint64(raw)
 		sp, found, err := e.loadPolicy(v)
-		if err != nil || !found {
-			return fmt.Errorf("restore policy %d: found %v: %w", v, found, err)
+		if err != nil {
+			return fmt.Errorf("restore policy %d: %w", v, err)
+		}
+		if !found {
+			return fmt.Errorf("restore policy %d: version missing from the store", v)
 		}
 		parsed, errs := policy.Parse(sp.Filename, []byte(sp.YAML))
 		if len(errs) > 0 {
@@ -191,8 +194,11 @@ func (e *Engine) loadAgent(name string, raw []byte) error {
 func (e *Engine) loadCut(key string, raw []byte) error {
 	agent, peer, ok := strings.Cut(key, "|")
 	var c cut
-	if err := json.Unmarshal(raw, &c); err != nil || !ok {
-		return fmt.Errorf("decode cut %s: %v", key, err)
+	if !ok {
+		return fmt.Errorf("decode cut %s: key has no agent|peer form", key)
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return fmt.Errorf("decode cut %s: %w", key, err)
 	}
 	e.cutsOf(agent)[peer] = c
 	return nil
