@@ -526,7 +526,8 @@ func (ps *parser) subject(n *yaml.Node, path string) Subject {
 	})
 	if n.Kind == yaml.MappingNode && len(s.Devices)+len(s.Users)+len(s.Groups)+
 		len(s.Executables)+len(s.SHA256) == 0 {
-		ps.errAt(n, path, "empty selector: name devices, users, groups, executables or sha256 (\"*\" for every device)")
+		ps.errAt(n, path, "empty selector: name devices, users, groups, executables or sha256 "+
+			"(\"*\" for every device)")
 	}
 	return s
 }

@@ -234,10 +234,12 @@ func (e *Engine) Report(ctx context.Context,
 func (e *Engine) report(o *outbox, req *vigilpb.ReportRequest) (string, error) {
 	kind, _, ok := evaluate.Split(req.GetEntity())
 	if !ok || !validKind(kind) {
-		return "", status.Errorf(codes.InvalidArgument, "entity %q: want KIND/NAME with kind user, device, service or process", req.GetEntity())
+		return "", status.Errorf(codes.InvalidArgument,
+			"entity %q: want KIND/NAME with kind user, device, service or process", req.GetEntity())
 	}
 	if req.GetLevel() != "" && e.policy.LevelRank(req.GetLevel()) < 0 {
-		return "", status.Errorf(codes.InvalidArgument, "unknown level %q: want one of %v", req.GetLevel(), e.policy.Levels)
+		return "", status.Errorf(codes.InvalidArgument, "unknown level %q: want one of %v",
+			req.GetLevel(), e.policy.Levels)
 	}
 	severity := req.GetSeverity()
 	if severity == "" {

@@ -31,7 +31,8 @@ func (e *Engine) Explain(req *vigilpb.ExplainRequest) (*vigilpb.ExplainResponse,
 	if !ok || r.Table == nil {
 		return nil, status.Errorf(codes.NotFound, "agent %q has no table", req.GetAgent())
 	}
-	x := &explainer{e: e, agent: req.GetAgent(), table: r.Table, dst: netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()),
+	x := &explainer{e: e, agent: req.GetAgent(), table: r.Table,
+		dst:   netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()),
 		proto: proto, resp: &vigilpb.ExplainResponse{SubjectLevels: map[string]string{}}}
 	x.subject(req.GetPid())
 	x.judge()
@@ -209,7 +210,8 @@ func (x *explainer) cutOrQuarantine() bool {
 	blocked := false
 	for _, peer := range x.table.CutPeers {
 		if peer == x.dst.Addr().String() || peer == x.dst.String() {
-			x.say("peer %s is cut on %s: open connections were reset and new ones are blocked until restored", peer, x.agent)
+			x.say("peer %s is cut on %s: open connections were reset and new ones are blocked until restored",
+				peer, x.agent)
 			blocked = true
 		}
 	}

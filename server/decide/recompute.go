@@ -184,7 +184,8 @@ func (e *Engine) liftRecoveredCuts(o *outbox, w *policy.World) ([]string, error)
 			if c.Origin != originResponse || !e.admitted(w, c.Device, c.Service) {
 				continue
 			}
-			if err := e.liftCut(o, agent, peer, "access restored: "+c.Device+" may reach service/"+c.Service); err != nil {
+			reason := "access restored: " + c.Device + " may reach service/" + c.Service
+			if err := e.liftCut(o, agent, peer, reason); err != nil {
 				return nil, err
 			}
 			changed = append(changed, agent)

@@ -136,7 +136,8 @@ func (s *State) privilegeGain(agent string, p, parent *vigilpb.Process, at time.
 		return Finding{}, false
 	}
 	return finding(ProcessEntity(agent, p), agent, PrivilegeGain, "high", agent, at, p,
-		"%s runs as uid 0 under parent %s (pid %d, uid %d)", p.Executable, parent.Executable, parent.Pid, parent.Uid), true
+		"%s runs as uid 0 under parent %s (pid %d, uid %d)",
+		p.Executable, parent.Executable, parent.Pid, parent.Uid), true
 }
 
 func (s *State) connect(agent string, a *agentState, ev *vigilpb.Event, at time.Time) []Finding {
