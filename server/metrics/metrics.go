@@ -116,3 +116,9 @@ func (m *Metrics) TablePushed(kind string) {
 		m.tablePushes.WithLabelValues(kind).Inc()
 	}
 }
+
+// Registerer returns the registry the metrics are served from, for the
+// collectors of other server parts (integrations) to join.
+func (m *Metrics) Registerer() prometheus.Registerer {
+	return m.reg
+}
