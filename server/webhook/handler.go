@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -50,6 +51,9 @@ type Options struct {
 	MaxBody    int64            // bytes; DefaultMaxBody
 	MaxResults int              // per request; DefaultMaxResults
 	Now        func() time.Time // clock; time.Now
+	// Registerer, when set, receives vigil_webhook_requests_total and
+	// vigil_webhook_results_total.
+	Registerer prometheus.Registerer
 }
 
 // Handler is the http.Handler for external results. It is safe for
@@ -59,6 +63,8 @@ type Handler struct {
 	reporter Reporter
 	log      *slog.Logger
 	opts     Options
+	requests *prometheus.CounterVec // by HTTP status code
+	results  prometheus.Counter     // results recorded
 
 	mu        sync.Mutex
 	seen      map[string]time.Time // guarded by mu: signature → when it leaves the window
@@ -85,7 +91,32 @@ func NewHandler(secret []byte, reporter Reporter, log *slog.Logger, opts Options
 	}
 	h := &Handler{secret: secret, reporter: reporter, log: log, opts: opts}
 	h.seen = make(map[string]time.Time)
+	if err := h.registerMetrics(opts.Registerer); err != nil {
+		return nil, err
+	}
 	return h, nil
+}
+
+// registerMetrics creates the request and result counters and registers them
+// on reg when it is set.
+func (h *Handler) registerMetrics(reg prometheus.Registerer) error {
+	h.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vigil_webhook_requests_total",
+		Help: "External-result requests answered, by HTTP status code.",
+	}, []string{"code"})
+	h.results = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "vigil_webhook_results_total",
+		Help: "External results recorded as findings.",
+	})
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{h.requests, h.results} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register webhook metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // Sign returns the X-Vigil-Signature value for a body sent at ts. Senders
@@ -100,6 +131,24 @@ func Sign(secret []byte, ts int64, body []byte) string {
 
 // ServeHTTP authenticates the request, decodes its results and reports each.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	h.serve(sw, r)
+	h.requests.WithLabelValues(strconv.Itoa(sw.code)).Inc()
+}
+
+// statusWriter remembers the status code a handler sent.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// serve is ServeHTTP without the request count.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeError(w, http.StatusMethodNotAllowed, "method %s not allowed, use POST", r.Method)
@@ -136,6 +185,7 @@ func (h *Handler) serveResults(ctx context.Context, w http.ResponseWriter, body 
 			h.writeReportError(w, i, res.Entity, err)
 			return
 		}
+		h.results.Inc()
 		levels = append(levels, resultLevel{Entity: res.Entity, Level: resp.GetLevel()})
 	}
 	w.Header().Set("Content-Type", "application/json")
