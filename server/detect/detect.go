@@ -9,6 +9,10 @@
 // process table per agent, recent refusals, last postures and counters) and
 // nothing else. It does no I/O and is not safe for concurrent use.
 //
+// The process table lives in memory only: after a server restart, explain
+// judges older processes as unknown and rules naming users compile no
+// entries on an agent until it reports an exec by that user again.
+//
 // Shell-from-service heuristic: a process counts as a network service once
 // it has accepted an inbound connection (an inbound ACCEPT event names it).
 // A shell (sh, bash, dash, zsh, ksh, csh, tcsh, fish, ash, busybox) exec'd
