@@ -9,7 +9,6 @@ package harness
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -134,33 +133,85 @@ type Server struct {
 	Creds  string // admin credentials directory for vigilctl
 	Proc   *Proc
 	BinDir string
+	// NetNS, when set, is the network namespace (ip netns) the server and
+	// every vigilctl run of Ctl, CtlErr and FollowEvents execute in.
+	NetNS string
+	// Args are extra vigil-server arguments; Start passes them every time.
+	Args []string
+}
+
+// StartServerIn starts a server inside the network namespace netns,
+// listening on addr (an address that exists in that namespace).
+func StartServerIn(t *testing.T, netns, addr string, extra ...string) *Server {
+	t.Helper()
+	s := &Server{T: t, Dir: t.TempDir(), Addr: addr, BinDir: Bins(t), NetNS: netns, Args: extra}
+	s.Creds = filepath.Join(s.Dir, "data", "admin")
+	t.Cleanup(func() {
+		if t.Failed() {
+			s.dumpLogs()
+		}
+	})
+	s.Start()
+	return s
 }
 
 func StartServer(t *testing.T) *Server {
 	t.Helper()
 	s := &Server{T: t, Dir: t.TempDir(), Addr: FreeAddr(t), BinDir: Bins(t)}
 	s.Creds = filepath.Join(s.Dir, "data", "admin")
+	t.Cleanup(func() {
+		if t.Failed() {
+			s.dumpLogs()
+		}
+	})
 	s.Start()
 	return s
 }
 
+// Start starts (or restarts) the server process on its data directory and
+// waits until it accepts connections.
 func (s *Server) Start() {
 	t := s.T
-	cmd := exec.Command(filepath.Join(s.BinDir, "vigil-server"),
-		"--data-dir", filepath.Join(s.Dir, "data"), "--listen", s.Addr)
+	args := append([]string{"--data-dir", filepath.Join(s.Dir, "data"), "--listen", s.Addr}, s.Args...)
+	cmd := InNetNS(s.NetNS, filepath.Join(s.BinDir, "vigil-server"), args...)
 	s.Proc = StartProc(t, filepath.Join(s.Dir, fmt.Sprintf("server-%d.log", time.Now().UnixNano())), cmd)
 	WaitFor(t, 15*time.Second, "server listening", func() bool {
+		if _, err := os.Stat(filepath.Join(s.Creds, "admin.key")); err != nil {
+			return false
+		}
+		if s.NetNS != "" {
+			_, err := s.CtlErr("agents", "list")
+			return err == nil
+		}
 		c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond)
 		if err != nil {
 			return false
 		}
 		c.Close()
-		_, err = os.Stat(filepath.Join(s.Creds, "admin.key"))
-		return err == nil
+		return true
 	})
 }
 
-// ctl runs vigilctl against the server and returns stdout; it fails the
+// InNetNS returns a command that runs name with args inside the network
+// namespace netns (through ip netns exec, which execs in place, so the pid
+// is the program's), or directly when netns is empty.
+func InNetNS(netns, name string, args ...string) *exec.Cmd {
+	if netns == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", netns, name}, args...)...)
+}
+
+// dumpLogs writes the tail of every server and agent log to the test log.
+func (s *Server) dumpLogs() {
+	logs, _ := filepath.Glob(filepath.Join(s.Dir, "*.log"))
+	for _, f := range logs {
+		b, _ := os.ReadFile(f)
+		s.T.Logf("== %s\n%s", filepath.Base(f), Tail(string(b), 40))
+	}
+}
+
+// Ctl runs vigilctl against the server and returns stdout; it fails the
 // test on a non-zero exit.
 func (s *Server) Ctl(args ...string) string {
 	s.T.Helper()
@@ -173,7 +224,7 @@ func (s *Server) Ctl(args ...string) string {
 
 func (s *Server) CtlErr(args ...string) (string, error) {
 	all := append([]string{"--server", s.Addr, "--credentials", s.Creds}, args...)
-	cmd := exec.Command(filepath.Join(s.BinDir, "vigilctl"), all...)
+	cmd := InNetNS(s.NetNS, filepath.Join(s.BinDir, "vigilctl"), all...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -202,12 +253,21 @@ type Agent struct {
 	Args   []string // vigil-agent arguments; Start reuses them
 	Proc   *Proc
 	BinDir string
+	NetNS  string // network namespace the agent runs in; "" = the test's
 }
 
 // startAgent enrolls and starts an agent named name that protects cg.
 func (s *Server) StartAgent(t *testing.T, name string, cg *testenv.Cgroup, extra ...string) *Agent {
 	t.Helper()
-	a := &Agent{T: t, Name: name, Dir: filepath.Join(s.Dir, "agent-"+name), Cgroup: cg, BinDir: s.BinDir}
+	return s.StartAgentIn(t, "", name, cg, extra...)
+}
+
+// StartAgentIn is StartAgent with the agent running in the network
+// namespace netns ("" = the test's own).
+func (s *Server) StartAgentIn(t *testing.T, netns, name string, cg *testenv.Cgroup, extra ...string) *Agent {
+	t.Helper()
+	a := &Agent{T: t, Name: name, Dir: filepath.Join(s.Dir, "agent-"+name), Cgroup: cg, BinDir: s.BinDir,
+		NetNS: netns}
 	a.Args = append([]string{
 		"--server", s.Addr, "--token", s.Token(), "--data-dir", a.Dir,
 		"--name", name, "--cgroup", cg.Path,
@@ -229,8 +289,9 @@ func (s *Server) StartAgent(t *testing.T, name string, cg *testenv.Cgroup, extra
 	return a
 }
 
+// Start starts (or restarts) the agent process with a.Args.
 func (a *Agent) Start() {
-	cmd := exec.Command(filepath.Join(a.BinDir, "vigil-agent"), a.Args...)
+	cmd := InNetNS(a.NetNS, filepath.Join(a.BinDir, "vigil-agent"), a.Args...)
 	a.Proc = StartProc(a.T, filepath.Join(a.Dir+fmt.Sprintf("-%d.log", time.Now().UnixNano())), cmd)
 }
 
@@ -261,14 +322,10 @@ func DecodeAgents(t *testing.T, out string) []AgentRow {
 	var wrapped struct {
 		Agents []AgentRow `json:"agents"`
 	}
-	if err := json.Unmarshal([]byte(out), &wrapped); err == nil && wrapped.Agents != nil {
-		return wrapped.Agents
-	}
-	var rows []AgentRow
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+	if err := json.Unmarshal([]byte(out), &wrapped); err != nil {
 		t.Logf("decode agents list: %v: %s", err, out)
 	}
-	return rows
+	return wrapped.Agents
 }
 
 func WaitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
@@ -292,8 +349,7 @@ func Tail(s string, n int) string {
 
 // followEvents runs `vigilctl events --follow -o json` and delivers each line.
 func (s *Server) FollowEvents(t *testing.T) <-chan string {
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, filepath.Join(s.BinDir, "vigilctl"),
+	cmd := InNetNS(s.NetNS, filepath.Join(s.BinDir, "vigilctl"),
 		"--server", s.Addr, "--credentials", s.Creds, "events", "--follow", "-o", "json")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -311,6 +367,6 @@ func (s *Server) FollowEvents(t *testing.T) <-chan string {
 			lines <- sc.Text()
 		}
 	}()
-	t.Cleanup(func() { cancel(); cmd.Wait() })
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	return lines
 }
