@@ -206,18 +206,19 @@ func (a *Applier) OnExec(p proctable.Process) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 
-	onKillList := p.SHA256 != "" && hasString(a.table.KillOnExec, p.SHA256)
+	killed := false
 	var err error
-	if onKillList {
+	if p.SHA256 != "" && hasString(a.table.KillOnExec, p.SHA256) {
 		err = a.cfg.Kernel.Kill(p.PID, p.StartTimeNs, false)
+		killed = err == nil
 		if errors.Is(err, ErrNoProcess) {
-			err = nil
+			err = nil // the kernel killed it already
 		}
 	}
 	if a.referenced(p) && !a.used[p.Exe] && a.table.Version != 0 {
 		err = errors.Join(err, a.write(a.table))
 	}
-	return onKillList, err
+	return killed, err
 }
 
 // referenced reports whether the table names p's executable anywhere.
