@@ -31,7 +31,7 @@ func main() {
 }
 
 func serveFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		// Not marked required here: urfave/cli would then demand it of the
 		// subcommands too; serve checks it.
 		&cli.StringFlag{Name: "data-dir", EnvVars: []string{"VIGIL_DATA_DIR"},
@@ -51,7 +51,7 @@ func serveFlags() []cli.Flag {
 			Usage: "drop the oldest stored events while the event log is larger (0: no bound)"},
 		&cli.StringFlag{Name: "log-level", Value: "info",
 			Usage: "log level: debug, info, warn or error"},
-	}
+	}, integrationFlags()...)
 }
 
 func dataDirFlag() cli.Flag {

@@ -53,8 +53,14 @@ func TestHelpDocumentsFlags(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
-	for _, flag := range []string{"--data-dir", "--listen", "--metrics", "--host", "--token-ttl",
-		"--event-max-age", "--event-max-bytes", "--log-level", "127.0.0.1:7443", "admin-cert"} {
+	want := []string{"--data-dir", "--listen", "--metrics", "--host", "--token-ttl",
+		"--event-max-age", "--event-max-bytes", "--log-level", "127.0.0.1:7443", "admin-cert",
+		"--intel-feed", "--intel-interval", "--webhook-listen", "--webhook-secret-file",
+		"--export-jsonl", "--export-syslog", "--export-webhook"}
+	for _, f := range serveFlags() {
+		want = append(want, "--"+f.Names()[0])
+	}
+	for _, flag := range want {
 		t.Run(flag, func(t *testing.T) {
 			if !strings.Contains(string(out), flag) {
 				t.Fatalf("--help does not mention %s:\n%s", flag, out)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vigilsec/vigil/server/api"
 	"github.com/vigilsec/vigil/server/decide"
+	"github.com/vigilsec/vigil/server/intel"
 	"github.com/vigilsec/vigil/server/metrics"
 	"github.com/vigilsec/vigil/server/pki"
 	"github.com/vigilsec/vigil/server/registry"
@@ -62,36 +63,61 @@ func serve(c *cli.Context) error {
 		return err
 	}
 
-	// Decisions: the engine reaches agents through the dispatcher, which also
-	// hands every stored event to DispatcherConfig.Publisher (exporters).
+	// Exports first: the dispatcher hands every stored event to them.
 	m := metrics.New()
-	disp := api.NewDispatcher(api.DispatcherConfig{Store: st, Registry: reg, Metrics: m, Logger: log})
+	exp, err := openExporter(c, log, m.Registerer())
+	if err != nil {
+		return err
+	}
+	defer closeExporter(exp, log)
+
+	// Decisions: the engine reaches agents through the dispatcher.
+	disp := api.NewDispatcher(api.DispatcherConfig{Store: st, Registry: reg, Publisher: exp,
+		Metrics: m, Logger: log})
 	eng, err := decide.New(decide.Config{KV: st.Namespace("decide/"), Sink: disp, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	// Inputs from existing systems: threat-intel feeds and signed results.
+	hosts := certHosts(c)
+	feeds, err := newIntel(c, eng, log, m.Registerer())
+	if err != nil {
+		return err
+	}
+	results, err := newResultsEndpoint(c, eng, ca, hosts, log, m.Registerer())
 	if err != nil {
 		return err
 	}
 
 	// Transport: the gRPC server over mutual TLS.
 	srv, err := api.New(api.Config{Store: st, Registry: reg, Authority: ca, Engine: eng, Dispatcher: disp,
-		Metrics: m, Logger: log, Hosts: certHosts(c), TokenTTL: c.Duration("token-ttl")})
+		Metrics: m, Logger: log, Hosts: hosts, TokenTTL: c.Duration("token-ttl")})
 	if err != nil {
+		results.close()
 		return err
 	}
 	lis, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
+		results.close()
 		return fmt.Errorf("listen: %w", err)
 	}
 	log.Info("server listening", "addr", lis.Addr().String(), "credentials", adminDir)
+	if results != nil {
+		log.Info("webhook listening", "addr", results.lis.Addr().String())
+	}
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, log, srv, lis, eng, st, m, c.String("metrics"))
+	return run(ctx, log, &daemon{srv: srv, lis: lis, eng: eng, st: st, m: m, feeds: feeds,
+		results: results, metricsAddr: c.String("metrics")})
 }
 
-// certHosts returns the --host values plus the --listen address when it
-// names one IP, so agents dialing that address can verify the server.
+// certHosts returns the --host values plus the --listen and
+// --webhook-listen addresses when they name one IP, so clients dialing those
+// addresses can verify the server.
 func certHosts(c *cli.Context) []string {
-	hosts := c.StringSlice("host")
+	hosts := append(c.StringSlice("host"), webhookHost(c)...)
 	host, _, err := net.SplitHostPort(c.String("listen"))
 	if ip := net.ParseIP(host); err == nil && ip != nil && !ip.IsUnspecified() {
 		hosts = append(hosts, host)
@@ -99,27 +125,45 @@ func certHosts(c *cli.Context) []string {
 	return hosts
 }
 
+// daemon is what run serves; feeds and results may be nil.
+type daemon struct {
+	srv         *api.Server
+	lis         net.Listener
+	eng         *decide.Engine
+	st          *store.Store
+	m           *metrics.Metrics
+	feeds       *intel.Manager
+	results     *resultsEndpoint
+	metricsAddr string
+}
+
 // run serves until ctx ends, then shuts the server down gracefully and waits
-// for the background loops, so the caller may close the store.
-func run(ctx context.Context, log *slog.Logger, srv *api.Server, lis net.Listener,
-	eng *decide.Engine, st *store.Store, m *metrics.Metrics, metricsAddr string) error {
+// for the background loops, so the caller may close the exporter and the
+// store.
+func run(ctx context.Context, log *slog.Logger, d *daemon) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 3)
-	go func() { errc <- srv.Serve(lis) }()
+	go func() { errc <- d.srv.Serve(d.lis) }()
 
-	// Background loops: engine time (finding expiry, windows) and retention.
+	// Background loops: engine time (finding expiry, windows), retention,
+	// feed reloads and the results endpoint.
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); logLoopErr(log, "engine", eng.Run(ctx)) }()
-	go func() { defer wg.Done(); pruneLoop(ctx, log, st) }()
+	wg.Go(func() { logLoopErr(log, "engine", d.eng.Run(ctx)) })
+	wg.Go(func() { pruneLoop(ctx, log, d.st) })
+	if d.feeds != nil {
+		wg.Go(func() { d.feeds.Run(ctx) })
+	}
+	if d.results != nil {
+		wg.Go(func() { sendErr(errc, d.results.serve(ctx)) })
+	}
 
 	// Metrics, when asked for, on their own listener.
 	var msrv *http.Server
-	if metricsAddr != "" {
+	if d.metricsAddr != "" {
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", m.Handler())
-		msrv = &http.Server{Addr: metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		mux.Handle("/metrics", d.m.Handler())
+		msrv = &http.Server{Addr: d.metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := msrv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("serve metrics: %w", err)
@@ -133,10 +177,18 @@ func run(ctx context.Context, log *slog.Logger, srv *api.Server, lis net.Listene
 		log.Info("shutting down")
 	case err = <-errc:
 	}
-	err = errors.Join(err, shutdown(srv, msrv))
+	err = errors.Join(err, shutdown(d.srv, msrv))
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// sendErr passes a non-nil error on without blocking; errc has room for one
+// error of each source.
+func sendErr(errc chan<- error, err error) {
+	if err != nil {
+		errc <- err
+	}
 }
 
 func logLoopErr(log *slog.Logger, loop string, err error) {

@@ -41,7 +41,7 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: FlagJSONL, Usage: "append every event as OCSF JSON lines to `PATH`"},
 		&cli.Int64Flag{Name: FlagJSONLMaxBytes, Usage: "rotate the JSON-lines file at this size", Value: DefaultFileMaxBytes},
 		&cli.IntFlag{Name: FlagJSONLKeep, Usage: "rotated JSON-lines files kept", Value: DefaultFileKeep},
-		&cli.GenericFlag{Name: FlagSyslog, Usage: "send events to syslog `tcp://H:P|udp://H:P|unix:///PATH|unixgram:///PATH` (repeatable)", Value: &targetList{}},
+		&cli.GenericFlag{Name: FlagSyslog, Usage: "send events to syslog at `URL`: tcp://H:P, udp://H:P, unix:///PATH or unixgram:///PATH (repeatable)", Value: &targetList{}},
 		&cli.StringFlag{Name: FlagSyslogHostname, Usage: "HOSTNAME of syslog messages (default: this host's name)"},
 		&cli.GenericFlag{Name: FlagWebhook, Usage: "POST event batches to `URL` (repeatable)", Value: &targetList{}},
 		&cli.StringFlag{Name: FlagWebhookSecretFile, Usage: "sign webhook batches with the HMAC secret in `FILE`"},

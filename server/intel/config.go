@@ -26,8 +26,9 @@ const (
 func Flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.GenericFlag{
-			Name:  FlagFeed,
-			Usage: "threat-intel feed `NAME=PATH_OR_URL[,csv|stix][,every=DURATION]` (repeatable)",
+			Name: FlagFeed,
+			Usage: "load the threat-intel feed `NAME=PATH_OR_URL[,csv|stix][,every=DURATION]`; " +
+				"the format defaults to stix for a .json name, else csv (repeatable)",
 			Value: &feedList{},
 		},
 		&cli.DurationFlag{
