@@ -32,9 +32,14 @@ func (e *Engine) rebuildWorld() {
 	}
 }
 
+// localhost4 is the address every IPv4 host calls itself.
+var localhost4 = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+
 // parseAddrs keeps the addresses that identify a host to its peers:
-// loopback, link-local and unspecified addresses are shared by every host
-// and would make one agent's verdict apply to all.
+// 127.0.0.1, ::1, link-local, multicast and unspecified addresses are shared
+// by every host and would make one agent's verdict apply to all. Other
+// loopback addresses are kept: hosts sharing one machine (a test bed) are
+// told apart by one address each in 127.0.0.0/8.
 func parseAddrs(in []string) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range in {
@@ -46,7 +51,8 @@ func parseAddrs(in []string) []netip.Addr {
 			continue
 		}
 		a = a.Unmap()
-		if a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsUnspecified() || a.IsMulticast() {
+		if a == localhost4 || a == netip.IPv6Loopback() || a.IsLinkLocalUnicast() ||
+			a.IsUnspecified() || a.IsMulticast() {
 			continue
 		}
 		out = append(out, a)
