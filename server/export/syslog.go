@@ -36,13 +36,13 @@ type SyslogOptions struct {
 }
 
 // SyslogSink sends each record as an RFC 5424 message whose MSG is the
-// record's JSON.
-//
-// BUG: over TCP, messages written after the receiver closed the connection
-// but before the kernel reports the reset are lost without being counted. Over TCP and unix stream sockets messages are framed by
+// record's JSON. Over TCP and unix stream sockets messages are framed by
 // octet counting (RFC 6587); over UDP and unixgram each message is one
 // datagram. It reconnects once per Write after an error. It is not safe for
 // concurrent use; the Exporter calls it from one goroutine.
+//
+// BUG: over TCP, messages written after the receiver closed the connection
+// but before the kernel reports the reset are lost without being counted.
 type SyslogSink struct {
 	target   string // as configured, for Name
 	network  string // tcp, udp, unix or unixgram
