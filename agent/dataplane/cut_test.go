@@ -118,7 +118,13 @@ func TestAdoptAfterLoaderExits(t *testing.T) {
 	if err := Cleanup(pin); err != nil {
 		t.Fatal(err)
 	}
-	if got := runHelperExit(t, cg, "connect", target.String()); got != exitOK {
+	// Links detach once their last reference is released, asynchronously.
+	got := exitEPERM
+	for i := 0; i < 50 && got != exitOK; i++ {
+		time.Sleep(20 * time.Millisecond)
+		got = runHelperExit(t, cg, "connect", target.String())
+	}
+	if got != exitOK {
 		t.Errorf("after cleanup: exit %d, want success (nothing attached)", got)
 	}
 	if entries, _ := os.ReadDir(pin); len(entries) != 0 {

@@ -34,7 +34,7 @@ var (
 type Config struct {
 	CgroupPath      string // scope; "" = cgroup v2 root /sys/fs/cgroup/unified
 	PinPath         string // "" = /sys/fs/bpf/vigil/<scope name>
-	RingBufferBytes int    // 0 = 8 MiB; rounded up to a power of two pages; an adopted ring keeps its size
+	RingBufferBytes int    // 0 = 8 MiB, rounded up to a power of two; adopted: kept
 	Logger          *slog.Logger
 }
 
@@ -54,23 +54,34 @@ type Dataplane struct {
 
 // hook is one attachable program.
 type hook struct {
-	name   string // capability and pin name, e.g. "cgroup/connect4"
-	prog   func(*bpfObjects) *ebpf.Program
+	name   string          // capability and pin name, e.g. "cgroup/connect4"
+	prog   string          // program name in the collection
 	attach ebpf.AttachType // cgroup hooks only
 	cgroup bool            // attached to the scope directory, else global tp_btf
 }
 
 var hooks = []hook{
-	{"tp_btf/sched_process_exec", func(o *bpfObjects) *ebpf.Program { return o.VigilExec }, 0, false},
-	{"tp_btf/sched_process_fork", func(o *bpfObjects) *ebpf.Program { return o.VigilFork }, 0, false},
-	{"tp_btf/sched_process_exit", func(o *bpfObjects) *ebpf.Program { return o.VigilExit }, 0, false},
-	{"tp_btf/inet_sock_set_state", func(o *bpfObjects) *ebpf.Program { return o.VigilSockState }, 0, false},
-	{"cgroup/connect4", func(o *bpfObjects) *ebpf.Program { return o.VigilConnect4 }, ebpf.AttachCGroupInet4Connect, true},
-	{"cgroup/connect6", func(o *bpfObjects) *ebpf.Program { return o.VigilConnect6 }, ebpf.AttachCGroupInet6Connect, true},
-	{"cgroup/sendmsg4", func(o *bpfObjects) *ebpf.Program { return o.VigilSendmsg4 }, ebpf.AttachCGroupUDP4Sendmsg, true},
-	{"cgroup/sendmsg6", func(o *bpfObjects) *ebpf.Program { return o.VigilSendmsg6 }, ebpf.AttachCGroupUDP6Sendmsg, true},
-	{"cgroup_skb/ingress", func(o *bpfObjects) *ebpf.Program { return o.VigilIngress }, ebpf.AttachCGroupInetIngress, true},
-	{"cgroup_skb/egress", func(o *bpfObjects) *ebpf.Program { return o.VigilEgressSkb }, ebpf.AttachCGroupInetEgress, true},
+	{"tp_btf/sched_process_exec", bpfProgVigilExec, 0, false},
+	{"tp_btf/sched_process_fork", bpfProgVigilFork, 0, false},
+	{"tp_btf/sched_process_exit", bpfProgVigilExit, 0, false},
+	{"tp_btf/inet_sock_set_state", bpfProgVigilSockState, 0, false},
+	{"cgroup/connect4", bpfProgVigilConnect4, ebpf.AttachCGroupInet4Connect, true},
+	{"cgroup/connect6", bpfProgVigilConnect6, ebpf.AttachCGroupInet6Connect, true},
+	{"cgroup/sendmsg4", bpfProgVigilSendmsg4, ebpf.AttachCGroupUDP4Sendmsg, true},
+	{"cgroup/sendmsg6", bpfProgVigilSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, true},
+	{"cgroup_skb/ingress", bpfProgVigilIngress, ebpf.AttachCGroupInetIngress, true},
+	{"cgroup_skb/egress", bpfProgVigilEgressSkb, ebpf.AttachCGroupInetEgress, true},
+}
+
+// program returns the loaded program of a hook.
+func (o *bpfObjects) program(name string) *ebpf.Program {
+	return map[string]*ebpf.Program{
+		bpfProgVigilExec: o.VigilExec, bpfProgVigilFork: o.VigilFork,
+		bpfProgVigilExit: o.VigilExit, bpfProgVigilSockState: o.VigilSockState,
+		bpfProgVigilConnect4: o.VigilConnect4, bpfProgVigilConnect6: o.VigilConnect6,
+		bpfProgVigilSendmsg4: o.VigilSendmsg4, bpfProgVigilSendmsg6: o.VigilSendmsg6,
+		bpfProgVigilIngress: o.VigilIngress, bpfProgVigilEgressSkb: o.VigilEgressSkb,
+	}[name]
 }
 
 // Open loads the data plane for cfg's scope, or adopts the one pinned at
@@ -152,10 +163,6 @@ func (d *Dataplane) load() error {
 
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.cfg.PinPath}}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return fmt.Errorf("load programs: %w (verifier: %+v)", err, verr)
-		}
 		return fmt.Errorf("load programs: %w", err)
 	}
 	return d.initScope()
@@ -239,7 +246,7 @@ func (d *Dataplane) attachOne(h hook) (link.Link, error) {
 }
 
 func (d *Dataplane) newLink(h hook) (link.Link, error) {
-	prog := h.prog(&d.objs)
+	prog := d.objs.program(h.prog)
 	if !h.cgroup {
 		return link.AttachTracing(link.TracingOptions{Program: prog})
 	}
@@ -257,7 +264,8 @@ func enforcementOf(h map[string]bool) ([]string, string) {
 			out = append(out, name)
 		}
 	}
-	add("egress", h["cgroup/connect4"] && h["cgroup/connect6"] && h["cgroup/sendmsg4"] && h["cgroup/sendmsg6"])
+	add("egress", h["cgroup/connect4"] && h["cgroup/connect6"] &&
+		h["cgroup/sendmsg4"] && h["cgroup/sendmsg6"])
 	add("ingress", h["cgroup_skb/ingress"])
 	add("kill", h["tp_btf/sched_process_exec"] && h["tp_btf/sched_process_fork"])
 	add("kill-on-exec", h["tp_btf/sched_process_exec"])

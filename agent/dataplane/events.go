@@ -56,8 +56,8 @@ func (r *EventReader) Read() (Event, error) {
 func (r *EventReader) Close() error { return r.rd.Close() }
 
 func decodeEvent(raw []byte) (Event, error) {
-	if len(raw) < int(unsafe.Sizeof(bpfVigilEvent{})) {
-		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(raw), unsafe.Sizeof(bpfVigilEvent{}))
+	if want := int(unsafe.Sizeof(bpfVigilEvent{})); len(raw) < want {
+		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(raw), want)
 	}
 	e := (*bpfVigilEvent)(unsafe.Pointer(&raw[0]))
 	return Event{

@@ -101,7 +101,9 @@ func compileProtected(s *bpfTableSettings, ranges []PortRange) error {
 		if err != nil {
 			return fmt.Errorf("table protected ports %d: %w", i, err)
 		}
-		s.Protected[i] = bpfPortRange{Min: lo, Max: hi, Proto: uint8(r.Proto), DefaultVerdict: uint8(r.Default)}
+		s.Protected[i] = bpfPortRange{
+			Min: lo, Max: hi, Proto: uint8(r.Proto), DefaultVerdict: uint8(r.Default),
+		}
 	}
 	s.ProtectedCount = uint8(len(ranges))
 	return nil
@@ -186,12 +188,14 @@ func buildSpans[R any](prefixes []netip.Prefix, rules []R, ids []uint32) (spanTa
 		groups[key] = append(groups[key], i)
 	}
 	if len(order) > maxPrefixes {
-		return spanTable[R]{}, fmt.Errorf("%d prefixes, at most %d: %w", len(order), maxPrefixes, ErrTableTooLarge)
+		return spanTable[R]{}, fmt.Errorf("%d prefixes, at most %d: %w",
+			len(order), maxPrefixes, ErrTableTooLarge)
 	}
 	return fillSpans(groups, order, rules, ids)
 }
 
-func fillSpans[R any](groups map[bpfPrefixKey][]int, order []bpfPrefixKey, rules []R, ids []uint32) (spanTable[R], error) {
+func fillSpans[R any](groups map[bpfPrefixKey][]int, order []bpfPrefixKey, rules []R,
+	ids []uint32) (spanTable[R], error) {
 	lengths := distinctLengths(order)
 	out := spanTable[R]{keys: order, spans: make([]bpfRuleSpan, 0, len(order))}
 	for _, key := range order {
@@ -206,7 +210,8 @@ func fillSpans[R any](groups map[bpfPrefixKey][]int, order []bpfPrefixKey, rules
 		}
 	}
 	if len(out.rules) > maxRuleSlots {
-		return out, fmt.Errorf("%d rule slots, at most %d: %w", len(out.rules), maxRuleSlots, ErrTableTooLarge)
+		return out, fmt.Errorf("%d rule slots, at most %d: %w",
+			len(out.rules), maxRuleSlots, ErrTableTooLarge)
 	}
 	return out, nil
 }
@@ -261,7 +266,9 @@ func compileEgressRule(r EgressRule) (bpfEgressRule, error) {
 	if err == nil {
 		err = checkProtoVerdict(r.Proto, r.Verdict)
 	}
-	c := bpfEgressRule{RuleId: r.RuleID, PortMin: lo, PortMax: hi, Proto: uint8(r.Proto), Verdict: uint8(r.Verdict)}
+	c := bpfEgressRule{
+		RuleId: r.RuleID, PortMin: lo, PortMax: hi, Proto: uint8(r.Proto), Verdict: uint8(r.Verdict),
+	}
 	if r.Subject.UID != nil {
 		c.Match |= matchUID
 		c.Uid = *r.Subject.UID
@@ -297,7 +304,9 @@ func compileIngress(rules []IngressRule) (spanTable[bpfIngressRule], error) {
 			return spanTable[bpfIngressRule]{}, fmt.Errorf("ingress rule %d: %w", r.RuleID, err)
 		}
 		prefixes[i], ids[i] = r.Peer, r.RuleID
-		out[i] = bpfIngressRule{RuleId: r.RuleID, PortMin: lo, PortMax: hi, Proto: uint8(r.Proto), Verdict: uint8(r.Verdict)}
+		out[i] = bpfIngressRule{
+			RuleId: r.RuleID, PortMin: lo, PortMax: hi, Proto: uint8(r.Proto), Verdict: uint8(r.Verdict),
+		}
 	}
 	t, err := buildSpans(prefixes, out, ids)
 	if err != nil {
@@ -312,7 +321,8 @@ func compileIngress(rules []IngressRule) (spanTable[bpfIngressRule], error) {
 // new slot's trie once more after the flip guarantees that no program still
 // reads the old slot when the next ApplyTable overwrites it. The caller
 // holds d.mu.
-func (d *Dataplane) swapTables(s *bpfTableSettings, eg spanTable[bpfEgressRule], in spanTable[bpfIngressRule]) error {
+func (d *Dataplane) swapTables(s *bpfTableSettings, eg spanTable[bpfEgressRule],
+	in spanTable[bpfIngressRule]) error {
 	var active uint32
 	if err := d.objs.ActiveSlot.Lookup(uint32(0), &active); err != nil {
 		return fmt.Errorf("read active_slot: %w", err)
@@ -322,12 +332,16 @@ func (d *Dataplane) swapTables(s *bpfTableSettings, eg spanTable[bpfEgressRule],
 	_ = d.objs.Settings.Lookup(active&1, &prev)
 	s.Generation = prev.Generation + 1
 
-	egTrie, err := fillSlot(d.spec, bpfMapEgressPrefixes, bpfMapEgressRules, d.objs.EgressPrefixes, d.objs.EgressRules, slot, eg)
+	egress := slotMaps{bpfMapEgressPrefixes, bpfMapEgressRules,
+		d.objs.EgressPrefixes, d.objs.EgressRules}
+	egTrie, err := fillSlot(d.spec, egress, slot, eg)
 	if err != nil {
 		return fmt.Errorf("write egress table: %w", err)
 	}
 	defer egTrie.Close()
-	inTrie, err := fillSlot(d.spec, bpfMapIngressPrefixes, bpfMapIngressRules, d.objs.IngressPrefixes, d.objs.IngressRules, slot, in)
+	ingress := slotMaps{bpfMapIngressPrefixes, bpfMapIngressRules,
+		d.objs.IngressPrefixes, d.objs.IngressRules}
+	inTrie, err := fillSlot(d.spec, ingress, slot, in)
 	if err != nil {
 		return fmt.Errorf("write ingress table: %w", err)
 	}
@@ -349,15 +363,21 @@ func (d *Dataplane) flip(slot uint32, s *bpfTableSettings, trie *ebpf.Map) error
 	return nil
 }
 
+// slotMaps names one direction's outer maps: prefix tries and rule arrays.
+type slotMaps struct {
+	trieName, rulesName string
+	trie, rules         *ebpf.Map
+}
+
 // fillSlot creates and fills one trie and its rules array and installs both
 // at slot of their outer maps. It returns the trie; the caller closes it.
-func fillSlot[R any](spec *ebpf.CollectionSpec, trieName, rulesName string, trieOuter, rulesOuter *ebpf.Map,
-	slot uint32, t spanTable[R]) (*ebpf.Map, error) {
-	trie, err := newInner(spec.Maps[trieName].InnerMap, len(t.keys), false)
+func fillSlot[R any](spec *ebpf.CollectionSpec, m slotMaps, slot uint32,
+	t spanTable[R]) (*ebpf.Map, error) {
+	trie, err := newInner(spec.Maps[m.trieName].InnerMap, len(t.keys), false)
 	if err != nil {
 		return nil, err
 	}
-	rules, err := newInner(spec.Maps[rulesName].InnerMap, len(t.rules), true)
+	rules, err := newInner(spec.Maps[m.rulesName].InnerMap, len(t.rules), true)
 	if err != nil {
 		trie.Close()
 		return nil, err
@@ -368,11 +388,11 @@ func fillSlot[R any](spec *ebpf.CollectionSpec, trieName, rulesName string, trie
 		trie.Close()
 		return nil, err
 	}
-	if err := trieOuter.Put(slot, trie); err != nil {
+	if err := m.trie.Put(slot, trie); err != nil {
 		trie.Close()
 		return nil, fmt.Errorf("install prefixes: %w", err)
 	}
-	if err := rulesOuter.Put(slot, rules); err != nil {
+	if err := m.rules.Put(slot, rules); err != nil {
 		trie.Close()
 		return nil, fmt.Errorf("install rules: %w", err)
 	}
