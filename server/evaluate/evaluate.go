@@ -153,8 +153,11 @@ func (b *Book) start(name string) string {
 	return b.policy.StartLevel(kind)
 }
 
-// settle drops lapsed findings and derives the level: the latest finding in
-// force that sets a known level decides; without one, the starting level.
+// settle drops lapsed findings and derives the level: the finding in force
+// that sets a known level and happened last decides (ties go to the one
+// recorded last); without one, the starting level. Ordering by when a thing
+// happened, not when the server heard of it, keeps an agent's late batch
+// from overriding a result reported after the events in it.
 func (b *Book) settle(e *Entity, now time.Time, reason string) (Change, bool) {
 	kept := e.Findings[:0]
 	for _, f := range e.Findings {
@@ -165,9 +168,10 @@ func (b *Book) settle(e *Entity, now time.Time, reason string) (Change, bool) {
 	e.Findings = kept
 
 	level, why := b.start(e.Name), reason
+	var decided time.Time
 	for _, f := range e.Findings {
-		if f.Level != "" && b.policy.LevelRank(f.Level) >= 0 {
-			level, why = f.Level, f.Reason
+		if f.Level != "" && b.policy.LevelRank(f.Level) >= 0 && !f.At.Before(decided) {
+			level, why, decided = f.Level, f.Reason, f.At
 		}
 	}
 	if level == e.Level {

@@ -26,7 +26,8 @@ func TestBookLevels(t *testing.T) {
 	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
 	type step struct {
 		at     time.Duration
-		add    *Finding // nil: expire at this time
+		ago    time.Duration // how long before it was added the finding happened
+		add    *Finding      // nil: expire at this time
 		want   string
 		change bool
 	}
@@ -45,6 +46,10 @@ func TestBookLevels(t *testing.T) {
 			{at: time.Second, add: &Finding{Level: "high", Expires: t0.Add(time.Minute)}, want: "high", change: true},
 			{at: time.Minute, want: "low", change: true},
 		}},
+		{"late batch of older events stays under a newer report", []step{
+			{at: time.Second, add: &Finding{Level: "high"}, want: "high", change: true},
+			{at: 2 * time.Second, ago: 2 * time.Second, add: &Finding{Level: "low"}, want: "high"},
+		}},
 		{"finding without level changes nothing", []step{
 			{at: 0, add: &Finding{Detector: "exec-writable-dir"}, want: "medium"},
 		}},
@@ -57,7 +62,7 @@ func TestBookLevels(t *testing.T) {
 				var changed bool
 				if s.add != nil {
 					f := *s.add
-					f.Entity, f.At, f.Reason = "device/laptop", now, "step"
+					f.Entity, f.At, f.Reason = "device/laptop", now.Add(-s.ago), "step"
 					_, changed = b.Add(f)
 				} else {
 					changes, _ := b.Expire(now)
