@@ -173,3 +173,47 @@ func TestIngressProgramDecisions(t *testing.T) {
 		})
 	}
 }
+
+func TestPacketProgramsQuarantineAndCut(t *testing.T) {
+	d, _ := openScoped(t, Config{})
+	quarantine := Table{Quarantined: true, QuarantineExempt: []netip.Prefix{prefix("192.0.2.50/32")}}
+	cut := Table{Cut: []Peer{{Addr: netip.MustParseAddr("192.0.2.9"), Port: 443}}}
+	const syn, rst = 0x02, 0x04
+	tests := []struct {
+		name         string
+		table        Table
+		egress       bool
+		src, dst     string
+		sport, dport uint16
+		flags        byte
+		want         uint32
+	}{
+		{"quarantine drops inbound", quarantine, false, "192.0.2.1", "192.0.2.100", 40000, 22, syn, 0},
+		{"quarantine admits the server", quarantine, false, "192.0.2.50", "192.0.2.100", 443, 40000, syn, 1},
+		{"quarantine drops outbound", quarantine, true, "192.0.2.100", "192.0.2.1", 40000, 22, syn, 0},
+		{"quarantine lets packets to the server out", quarantine, true, "192.0.2.100", "192.0.2.50", 40000, 443, syn, 1},
+		{"cut drops outbound to the peer port", cut, true, "192.0.2.100", "192.0.2.9", 40000, 443, syn, 0},
+		{"cut lets other ports of the peer out", cut, true, "192.0.2.100", "192.0.2.9", 40000, 80, syn, 1},
+		{"cut lets resets out", cut, true, "192.0.2.100", "192.0.2.9", 40000, 443, rst, 1},
+		{"cut drops inbound from the peer port", cut, false, "192.0.2.9", "192.0.2.100", 443, 40000, syn, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := d.ApplyTable(tt.table); err != nil {
+				t.Fatal(err)
+			}
+			prog := d.objs.VigilIngress
+			if tt.egress {
+				prog = d.objs.VigilEgressSkb
+			}
+			pkt := ipv4TCP(tt.src, tt.dst, tt.sport, tt.dport, tt.flags)
+			ret, err := prog.Run(&ebpf.RunOptions{Data: pkt})
+			if err != nil {
+				t.Fatalf("test run: %v", err)
+			}
+			if ret != tt.want {
+				t.Errorf("verdict %d, want %d", ret, tt.want)
+			}
+		})
+	}
+}
