@@ -36,6 +36,7 @@ static __always_inline void load_exe(struct subject_cache *c)
 	c->exe.ino = exe->f_inode->i_ino;
 }
 
+/* in_cgroup reports whether the calling task is in cgroup id or below it. */
 static __always_inline bool in_cgroup(__u64 id)
 {
 	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -39,7 +41,7 @@ type Config struct {
 }
 
 // Dataplane is the loaded data plane of one scope. Its methods are safe for
-// concurrent use.
+// concurrent use; none may be called after Close.
 type Dataplane struct {
 	cfg   Config
 	log   *slog.Logger
@@ -278,8 +280,14 @@ func enforcementOf(h map[string]bool) ([]string, string) {
 	return out, exec
 }
 
-// Capabilities reports which hooks loaded and what they can enforce.
-func (d *Dataplane) Capabilities() Capabilities { return d.caps }
+// Capabilities reports which hooks loaded and what they can enforce. The
+// result is the caller's to modify.
+func (d *Dataplane) Capabilities() Capabilities {
+	c := d.caps
+	c.Hooks = maps.Clone(d.caps.Hooks)
+	c.Enforcement = slices.Clone(d.caps.Enforcement)
+	return c
+}
 
 // Close releases the Dataplane's file descriptors. Pinned links and maps
 // stay, so enforcement continues; Cleanup removes them.
