@@ -11,6 +11,10 @@
 // continues after Close and after the process exits; Open on the same pin
 // path adopts them without a gap, and Cleanup detaches and removes them.
 //
+// Adoption needs the pinned maps to have the layout of this build; after an
+// upgrade that changes a map, Open fails and the scope must be cleaned up
+// (which lifts enforcement until the next Open).
+//
 // Sockets are judged by the cgroup they were created in: a socket created
 // outside the scope and passed into it is not judged by this scope's hooks.
 package dataplane

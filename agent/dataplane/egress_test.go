@@ -98,6 +98,7 @@ func TestEgressVerdicts(t *testing.T) {
 		portRule(4, "127.0.0.1/32", audited.Port(), ProtoAny, VerdictAudit),
 		uidRule, exeRule, cgRule, rangeRule,
 		portRule(9, "127.0.0.1/32", allowed4.Port(), ProtoUDP, VerdictDeny),
+		portRule(10, "::1/128", udpPort, ProtoUDP, VerdictDeny),
 	}}
 	if err := d.ApplyTable(table); err != nil {
 		t.Fatalf("apply: %v", err)
@@ -118,6 +119,8 @@ func TestEgressVerdicts(t *testing.T) {
 		{"ipv4-mapped allowed", "connect", mapped(allowed4), exitOK},
 		{"udp sendto denied", "sendto", udp, exitEPERM},
 		{"udp sendto ipv4-mapped denied", "sendto", "[::ffff:127.0.0.1]:" + fmt.Sprint(udpPort), exitEPERM},
+		{"udp6 sendto denied", "sendto", fmt.Sprintf("[::1]:%d", udpPort), exitEPERM},
+		{"udp sendto to a tcp-only rule's port allowed", "sendto", denied4.String(), exitOK},
 		{"audit allows", "connect", audited.String(), exitOK},
 		{"uid subject not matching allows", "connect", byUID.String(), exitOK},
 		{"executable subject denies", "connect", byExe.String(), exitEPERM},
