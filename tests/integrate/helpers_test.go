@@ -1,0 +1,192 @@
+//go:build integration
+
+package integrate
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
+	"github.com/vigilsec/vigil/internal/testenv"
+	"github.com/vigilsec/vigil/tests/harness"
+)
+
+// The test binary doubles as a workload: started with VIGIL_INTEGRATE_DIAL
+// set to HOST:PORT, it connects there once, sends a byte and exits.
+func init() {
+	addr := os.Getenv("VIGIL_INTEGRATE_DIAL")
+	if addr == "" {
+		return
+	}
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err == nil {
+		_, err = c.Write([]byte{1})
+		c.Close()
+	}
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// dialFrom runs one TCP connect to addr inside cg and returns the pid of
+// the process that made it.
+func dialFrom(t *testing.T, cg *testenv.Cgroup, addr string) int {
+	t.Helper()
+	cmd := cg.Command(t, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "VIGIL_INTEGRATE_DIAL="+addr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("dial %s from the test cgroup: %v\n%s", addr, err, out)
+	}
+	return cmd.Process.Pid
+}
+
+// testPolicy allows all traffic and kills, at once and at every later exec,
+// a process whose executable threat intelligence names.
+const testPolicy = `version: 1
+levels: [untrusted, low, medium, high]
+defaults:
+  level: medium
+  traffic: allow
+  unknown_peers: allow
+protections:
+  - name: threat-intel-hit
+    when:
+      detectors: [threat-intel]
+      entity: process
+    respond:
+      kill: true
+      kill_on_exec: true
+`
+
+// applyPolicy applies testPolicy on srv.
+func applyPolicy(t *testing.T, srv *harness.Server) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, testPolicy, 0o600)
+	srv.Ctl("policy", "apply", "-f", path)
+}
+
+func writeFile(t *testing.T, path, content string, perm os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), perm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// uniqueBinary copies the executable src into a fresh directory and appends
+// random bytes, so the copy runs like src but has a hash of its own. It
+// returns the copy's path and lowercase hex SHA-256.
+func uniqueBinary(t *testing.T, src string) (string, string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = append(data, []byte(rand.Text())...)
+	path := filepath.Join(t.TempDir(), "evil-"+filepath.Base(src))
+	writeFile(t, path, string(data), 0o755)
+	sum := sha256.Sum256(data)
+	return path, hex.EncodeToString(sum[:])
+}
+
+// killedBySIGKILL reports whether err is the exit of a process SIGKILL ended.
+func killedBySIGKILL(err error) bool {
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		return false
+	}
+	ws, ok := exit.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// storedEvents returns the server's stored events of the given kinds
+// through vigilctl events -o json.
+func storedEvents(t *testing.T, srv *harness.Server, kinds ...string) []*vigilpb.Event {
+	t.Helper()
+	args := []string{"events", "-o", "json", "--limit", "10000"}
+	for _, k := range kinds {
+		args = append(args, "--kind", k)
+	}
+	var out []*vigilpb.Event
+	for _, line := range strings.Split(strings.TrimSpace(srv.Ctl(args...)), "\n") {
+		if line == "" {
+			continue
+		}
+		ev := &vigilpb.Event{}
+		if err := protojson.Unmarshal([]byte(line), ev); err != nil {
+			t.Fatalf("vigilctl events line %q: %v", line, err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// ocsfRecord holds the OCSF fields the tests check.
+type ocsfRecord struct {
+	ClassUID    int    `json:"class_uid"`
+	CategoryUID int    `json:"category_uid"`
+	ActivityID  int    `json:"activity_id"`
+	TypeUID     int    `json:"type_uid"`
+	Time        int64  `json:"time"`
+	Metadata    struct {
+		Version string `json:"version"`
+		Product struct {
+			Name string `json:"name"`
+		} `json:"product"`
+	} `json:"metadata"`
+	Device *struct {
+		Name string `json:"name"`
+	} `json:"device"`
+	Process *struct {
+		PID  int `json:"pid"`
+		File *struct {
+			Path string `json:"path"`
+		} `json:"file"`
+	} `json:"process"`
+	Actor *struct {
+		Process *struct {
+			PID int `json:"pid"`
+		} `json:"process"`
+	} `json:"actor"`
+	DstEndpoint *struct {
+		IP   string `json:"ip"`
+		Port int    `json:"port"`
+	} `json:"dst_endpoint"`
+	ConnectionInfo *struct {
+		ProtocolName string `json:"protocol_name"`
+	} `json:"connection_info"`
+}
+
+// decodeRecord parses one OCSF JSON record.
+func decodeRecord(t *testing.T, data []byte) ocsfRecord {
+	t.Helper()
+	var rec ocsfRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatalf("OCSF record %q: %v", data, err)
+	}
+	return rec
+}
+
+// readAll reads what r delivers until it is closed.
+func readAll(r io.Reader) []byte {
+	b, _ := io.ReadAll(r)
+	return b
+}
