@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -141,11 +140,11 @@ func storedEvents(t *testing.T, srv *harness.Server, kinds ...string) []*vigilpb
 
 // ocsfRecord holds the OCSF fields the tests check.
 type ocsfRecord struct {
-	ClassUID    int    `json:"class_uid"`
-	CategoryUID int    `json:"category_uid"`
-	ActivityID  int    `json:"activity_id"`
-	TypeUID     int    `json:"type_uid"`
-	Time        int64  `json:"time"`
+	ClassUID    int   `json:"class_uid"`
+	CategoryUID int   `json:"category_uid"`
+	ActivityID  int   `json:"activity_id"`
+	TypeUID     int   `json:"type_uid"`
+	Time        int64 `json:"time"`
 	Metadata    struct {
 		Version string `json:"version"`
 		Product struct {
@@ -173,6 +172,7 @@ type ocsfRecord struct {
 	ConnectionInfo *struct {
 		ProtocolName string `json:"protocol_name"`
 	} `json:"connection_info"`
+	Unmapped map[string]any `json:"unmapped"`
 }
 
 // decodeRecord parses one OCSF JSON record.
@@ -183,10 +183,4 @@ func decodeRecord(t *testing.T, data []byte) ocsfRecord {
 		t.Fatalf("OCSF record %q: %v", data, err)
 	}
 	return rec
-}
-
-// readAll reads what r delivers until it is closed.
-func readAll(r io.Reader) []byte {
-	b, _ := io.ReadAll(r)
-	return b
 }

@@ -119,4 +119,3 @@ func entityLevel(t *testing.T, srv *harness.Server, name string) string {
 	t.Fatalf("entities list lacks %s:\n%s", name, out)
 	return ""
 }
-
