@@ -187,9 +187,12 @@ func (r *Registry) Seen(name string) {
 	_ = r.update(name, false, func(*vigilpb.Agent) {})
 }
 
-// TableAcked records the table version the agent enforces.
+// TableAcked records the table version the agent enforces. The version is
+// live state, kept in memory only: a synced write per acknowledgement would
+// queue every agent's acknowledgement of a policy change behind one disk
+// sync each.
 func (r *Registry) TableAcked(name string, version uint64) error {
-	return r.update(name, true, func(a *vigilpb.Agent) { a.TableVersion = version })
+	return r.update(name, false, func(a *vigilpb.Agent) { a.TableVersion = version })
 }
 
 // Posture records the agent's new posture.
