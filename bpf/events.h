@@ -13,20 +13,40 @@ static __always_inline void count(__u32 reason)
 		*n += 1;
 }
 
-/* reserve_event takes a zeroed ring buffer record, or counts a loss and
- * returns NULL when the ring buffer is full. */
-static __always_inline struct vigil_event *reserve_event(__u8 kind)
-{
-	struct vigil_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+/* SHORT_EVENT is the size of a record without the exec filename: every
+ * kind but exec is sent short, so connects move less through the ring. */
+#define SHORT_EVENT offsetof(struct vigil_event, filename)
 
+static __always_inline struct vigil_event *fill_header(struct vigil_event *e, __u8 kind)
+{
 	if (!e) {
 		count(COUNTER_EVENTS_LOST);
 		return NULL;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = kind;
 	e->time_ns = bpf_ktime_get_boot_ns();
 	return e;
+}
+
+/* reserve_event takes a zeroed short ring buffer record, or counts a loss
+ * and returns NULL when the ring buffer is full. */
+static __always_inline struct vigil_event *reserve_event(__u8 kind)
+{
+	struct vigil_event *e = bpf_ringbuf_reserve(&events, SHORT_EVENT, 0);
+
+	if (e)
+		__builtin_memset(e, 0, SHORT_EVENT);
+	return fill_header(e, kind);
+}
+
+/* reserve_exec_event is reserve_event for a full record, with filename. */
+static __always_inline struct vigil_event *reserve_exec_event(void)
+{
+	struct vigil_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (e)
+		__builtin_memset(e, 0, sizeof(*e));
+	return fill_header(e, EVENT_EXEC);
 }
 
 /* WAKEUP_BYTES is how much unread data wakes the reader; below it records

@@ -186,6 +186,19 @@ static __always_inline void report_drop(struct __sk_buff *skb, struct packet *p,
 	submit_event(e);
 }
 
+/* packet_rules_active reports whether any packet rule is in force, so
+ * packets pass unparsed while there is none. */
+static __always_inline bool packet_rules_active(bool ingress)
+{
+	struct scope_info *s = scope_get();
+	__u32 slot = table_slot();
+	struct table_settings *st = bpf_map_lookup_elem(&settings, &slot);
+
+	if (s && s->cut_entries)
+		return true;
+	return st && (st->quarantined || (ingress && st->protected_count));
+}
+
 /* cgroup_skb/ingress: packets to sockets in scope; 0 drops the packet. */
 SEC("cgroup_skb/ingress")
 int vigil_ingress(struct __sk_buff *skb)
@@ -193,7 +206,7 @@ int vigil_ingress(struct __sk_buff *skb)
 	struct ingress_judgement j = {};
 	struct packet p = {};
 
-	if (parse_packet(skb, &p))
+	if (!packet_rules_active(true) || parse_packet(skb, &p))
 		return SKB_PASS;
 	if (blocked(p.src, p.sport))
 		return SKB_DROP;
@@ -212,7 +225,7 @@ int vigil_egress_skb(struct __sk_buff *skb)
 {
 	struct packet p = {};
 
-	if (parse_packet(skb, &p))
+	if (!packet_rules_active(false) || parse_packet(skb, &p))
 		return SKB_PASS;
 	if (p.proto == PROTO_TCP && (p.tcp_flags & TCP_FLAG_RST))
 		return SKB_PASS;

@@ -55,7 +55,7 @@ int BPF_PROG(vigil_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 		verdict = VERDICT_DENY;
 	}
 
-	e = reserve_event(EVENT_EXEC);
+	e = reserve_exec_event();
 	if (!e)
 		return 0;
 	fill_task(e, p);

@@ -9,7 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/vigilsec/vigil/internal/testenv"
@@ -19,7 +21,9 @@ import (
 // from a process in scope: without programs, then with the data plane
 // loaded and tables of 0, 10k and 100k entries that never match the target
 // (benchmarking and documentation ranges). Each loaded case reports its
-// ratio to the unloaded one as x-none.
+// ratio to the unloaded one as x-none, and the time the scope's cgroup
+// programs ran per connect (kernel BPF run-time statistics) as bpf-ns/op,
+// which other load on the machine does not inflate.
 func BenchmarkConnect(b *testing.B) {
 	cg := testenv.NewCgroup(b)
 	target := benchListener(b)
@@ -35,19 +39,25 @@ func BenchmarkConnect(b *testing.B) {
 		b.Fatalf("open: %v", err)
 	}
 	b.Cleanup(func() { d.Close() })
-	if os.Getenv("NODRAIN") == "" {
-		drainEvents(b, d)
+	drainEvents(b, d)
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		b.Fatalf("enable bpf stats: %v", err)
 	}
+	b.Cleanup(func() { stats.Close() })
 
 	for _, n := range []int{0, 10_000, 100_000} {
 		if err := d.ApplyTable(benchTable(n)); err != nil {
 			b.Fatalf("apply %d entries: %v", n, err)
 		}
 		b.Run(fmt.Sprintf("egress-%dk", n/1000), func(b *testing.B) {
+			before := cgroupProgramTime(b, d)
 			ns := benchConnects(b, target)
 			if base > 0 {
 				b.ReportMetric(ns/base, "x-none")
 			}
+			spent := cgroupProgramTime(b, d) - before
+			b.ReportMetric(float64(spent.Nanoseconds())/float64(b.N), "bpf-ns/op")
 		})
 	}
 }
@@ -144,4 +154,21 @@ func drainEvents(b *testing.B, d *Dataplane) {
 		}
 	}()
 	b.Cleanup(func() { rd.Close(); <-done })
+}
+
+// cgroupProgramTime sums the run time of the programs attached to the scope
+// (the global tp_btf programs also run for the rest of the machine).
+func cgroupProgramTime(b *testing.B, d *Dataplane) time.Duration {
+	var total time.Duration
+	for _, h := range hooks {
+		if !h.cgroup {
+			continue
+		}
+		st, err := d.objs.program(h.prog).Stats()
+		if err != nil {
+			b.Fatalf("stats %s: %v", h.name, err)
+		}
+		total += st.Runtime
+	}
+	return total
 }

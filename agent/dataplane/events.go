@@ -4,11 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"time"
 	"unsafe"
-
-	"github.com/cilium/ebpf/ringbuf"
 )
 
 // ErrClosed is returned by EventReader.Read after Close.
@@ -16,50 +13,62 @@ var ErrClosed = errors.New("event reader closed")
 
 // EventReader reads decoded events from the ring buffer. Read and Close
 // may be called from different goroutines; only one goroutine may Read.
+//
+// An event leaves the kernel's ring only when the next Read begins, so a
+// reader that stores each event before reading the next loses none when it
+// is killed: the next reader of the scope reads that event again.
 type EventReader struct {
-	rd  *ringbuf.Reader
-	rec ringbuf.Record // reused by Read; only the reading goroutine touches it
+	ring *ring
+	buf  []byte // reused by Read; only the reading goroutine touches it
 }
 
 // Events opens a reader on the ring buffer. The caller must Close it. Only
-// one reader should consume a scope's events at a time.
+// one reader may consume a scope's events at a time.
 func (d *Dataplane) Events() (*EventReader, error) {
-	rd, err := ringbuf.NewReader(d.objs.Events)
+	r, err := openRing(d.objs.Events)
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
-	return &EventReader{rd: rd}, nil
+	return &EventReader{ring: r}, nil
 }
 
 // pollInterval bounds how long a submitted event waits for the reader: the
 // kernel wakes the reader only once enough data is buffered.
 const pollInterval = 20 * time.Millisecond
 
-// Read blocks until the next event; ErrClosed after Close.
+// Read releases the event it returned before from the ring, then blocks
+// until the next event; ErrClosed after Close. A record too short to
+// decode is released and reported as an error.
 func (r *EventReader) Read() (Event, error) {
 	for {
-		r.rd.SetDeadline(time.Now().Add(pollInterval))
-		err := r.rd.ReadInto(&r.rec)
+		buf, err := r.ring.read(r.buf, pollInterval)
+		r.buf = buf
 		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, errNoRecord):
 			continue
-		case errors.Is(err, ringbuf.ErrClosed):
-			return Event{}, ErrClosed
 		case err != nil:
-			return Event{}, fmt.Errorf("read ring buffer: %w", err)
+			return Event{}, err
 		}
-		return decodeEvent(r.rec.RawSample)
+		return decodeEvent(buf)
 	}
 }
 
-// Close unblocks Read and releases the reader.
-func (r *EventReader) Close() error { return r.rd.Close() }
+// Close unblocks Read and releases the reader. The event Read returned
+// last stays in the ring for the next reader.
+func (r *EventReader) Close() error { return r.ring.close() }
+
+// shortEvent is the size of every record but exec's (SHORT_EVENT in
+// bpf/events.h): the record without its filename.
+const shortEvent = int(unsafe.Offsetof(bpfVigilEvent{}.Filename))
 
 func decodeEvent(raw []byte) (Event, error) {
-	if want := int(unsafe.Sizeof(bpfVigilEvent{})); len(raw) < want {
-		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(raw), want)
+	if len(raw) < shortEvent {
+		return Event{}, fmt.Errorf("decode event: %d bytes, want at least %d", len(raw), shortEvent)
 	}
-	e := (*bpfVigilEvent)(unsafe.Pointer(&raw[0]))
+	var full bpfVigilEvent
+	dst := unsafe.Slice((*byte)(unsafe.Pointer(&full)), unsafe.Sizeof(full))
+	copy(dst, raw)
+	e := &full
 	return Event{
 		Kind: EventKind(e.Kind), TimeNs: e.TimeNs, PID: e.Pid, TID: e.Tid, PPID: e.Ppid,
 		StartTimeNs: e.StartNs, ParentStartNs: e.ParentStartNs, UID: e.Uid, GID: e.Gid,
