@@ -294,7 +294,7 @@ func TestServeTLS(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, h, cert) }()
+	go func() { done <- Serve(ctx, ln, h, cert, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	defer client.CloseIdleConnections()

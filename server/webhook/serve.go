@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -14,9 +15,11 @@ const shutdownGrace = 5 * time.Second
 
 // Serve serves h over TLS on ln with the server's certificate until ctx is
 // done, then shuts down gracefully. Callers authenticate by HMAC, not by
-// client certificate, so none is requested. Serve closes ln.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler, cert tls.Certificate) error {
+// client certificate, so none is requested. Connection-level errors (failed
+// TLS handshakes) go to log at debug level. Serve closes ln.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, cert tls.Certificate, log *slog.Logger) error {
 	srv := &http.Server{
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
