@@ -78,6 +78,7 @@ type resultsEndpoint struct {
 	lis     net.Listener
 	handler *webhook.Handler
 	cert    tls.Certificate
+	log     *slog.Logger
 }
 
 // webhookHost returns the --webhook-listen host when it names one IP, for
@@ -119,7 +120,7 @@ func newResultsEndpoint(c *cli.Context, eng *decide.Engine, ca *pki.Authority, h
 	if err != nil {
 		return nil, fmt.Errorf("listen webhook: %w", err)
 	}
-	return &resultsEndpoint{lis: lis, handler: h, cert: cert}, nil
+	return &resultsEndpoint{lis: lis, handler: h, cert: cert, log: log}, nil
 }
 
 // serverCert loads the server's certificate with the CA appended, as the
@@ -139,7 +140,7 @@ func serverCert(ca *pki.Authority, hosts []string) (tls.Certificate, error) {
 
 // serve serves the endpoint until ctx ends; it closes the listener.
 func (r *resultsEndpoint) serve(ctx context.Context) error {
-	if err := webhook.Serve(ctx, r.lis, r.handler, r.cert); err != nil {
+	if err := webhook.Serve(ctx, r.lis, r.handler, r.cert, r.log); err != nil {
 		return fmt.Errorf("serve webhook: %w", err)
 	}
 	return nil

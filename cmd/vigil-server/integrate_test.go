@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/vigilsec/vigil/server/webhook"
 )
@@ -177,4 +181,66 @@ func TestIntegrationFlagsRejected(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServeLeavesNoGoroutines runs the server in this process with every
+// integration on, stops it through its context, and requires every
+// goroutine it started (feeds, webhook, export sinks, gRPC) to be gone.
+func TestServeLeavesNoGoroutines(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := filepath.Join(t.TempDir(), "data")
+	feed := filepath.Join(t.TempDir(), "hashes.csv")
+	if err := os.WriteFile(feed, []byte("sha256,"+strings.Repeat("cd", 32)+",90\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	syslog, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syslog.Close()
+	hookAddr := freeAddr(t)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- newApp().RunContext(ctx, []string{"vigil-server", "--data-dir", dir, "--listen", "127.0.0.1:0",
+			"--log-level", "error", "--intel-feed", "hashes=" + feed,
+			"--webhook-listen", hookAddr, "--webhook-secret-file", writeSecret(t, 0o600),
+			"--export-jsonl", filepath.Join(t.TempDir(), "events.jsonl"),
+			"--export-syslog", "tcp://" + syslog.Addr().String()})
+	}()
+	waitListening(t, hookAddr, done)
+	result := `{"entity":"user/bob","severity":"low","source":"edr-test","reason":"leak check"}`
+	if code := postResult(t, dir, hookAddr, testSecret, result); code != http.StatusOK {
+		t.Fatalf("signed result: status %d", code)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve still running 15s after its context ended")
+	}
+}
+
+// waitListening waits until addr accepts connections or the server ends.
+func waitListening(t *testing.T, addr string, done <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("server ended before listening: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("nothing listens on %s after 10s", addr)
 }

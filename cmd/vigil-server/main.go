@@ -14,7 +14,15 @@ import (
 )
 
 func main() {
-	app := &cli.App{
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "vigil-server:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp returns the command line: serve by default, and admin-cert.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "vigil-server",
 		Usage: "Vigil's decision server (gRPC over mutual TLS)",
 		Description: "At first start vigil-server creates its CA, its server certificate and an\n" +
@@ -23,10 +31,6 @@ func main() {
 		Flags:    serveFlags(),
 		Action:   serve,
 		Commands: []*cli.Command{adminCertCommand()},
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "vigil-server:", err)
-		os.Exit(1)
 	}
 }
 
