@@ -17,6 +17,9 @@ var ErrClosed = errors.New("event reader closed")
 // An event leaves the kernel's ring only when the next Read begins, so a
 // reader that stores each event before reading the next loses none when it
 // is killed: the next reader of the scope reads that event again.
+//
+// BUG: a reader killed after storing an event but before its next Read
+// leaves that event in the ring, so the next reader stores it a second time.
 type EventReader struct {
 	ring *ring
 	buf  []byte // reused by Read; only the reading goroutine touches it
