@@ -18,6 +18,7 @@ import (
 
 	"github.com/vigilsec/vigil/server/api"
 	"github.com/vigilsec/vigil/server/decide"
+	"github.com/vigilsec/vigil/server/export"
 	"github.com/vigilsec/vigil/server/intel"
 	"github.com/vigilsec/vigil/server/metrics"
 	"github.com/vigilsec/vigil/server/pki"
@@ -71,46 +72,56 @@ func serve(c *cli.Context) error {
 	}
 	defer closeExporter(exp, log)
 
-	// Decisions: the engine reaches agents through the dispatcher.
-	disp := api.NewDispatcher(api.DispatcherConfig{Store: st, Registry: reg, Publisher: exp,
-		Metrics: m, Logger: log})
-	eng, err := decide.New(decide.Config{KV: st.Namespace("decide/"), Sink: disp, Logger: log})
+	d, err := newDaemon(c, log, ca, st, reg, m, exp)
 	if err != nil {
 		return err
 	}
-
-	// Inputs from existing systems: threat-intel feeds and signed results.
-	hosts := certHosts(c)
-	feeds, err := newIntel(c, eng, log, m.Registerer())
-	if err != nil {
-		return err
-	}
-	results, err := newResultsEndpoint(c, eng, ca, hosts, log, m.Registerer())
-	if err != nil {
-		return err
-	}
-
-	// Transport: the gRPC server over mutual TLS.
-	srv, err := api.New(api.Config{Store: st, Registry: reg, Authority: ca, Engine: eng, Dispatcher: disp,
-		Metrics: m, Logger: log, Hosts: hosts, TokenTTL: c.Duration("token-ttl")})
-	if err != nil {
-		results.close()
-		return err
-	}
-	lis, err := net.Listen("tcp", c.String("listen"))
-	if err != nil {
-		results.close()
-		return fmt.Errorf("listen: %w", err)
-	}
-	log.Info("server listening", "addr", lis.Addr().String(), "credentials", adminDir)
-	if results != nil {
-		log.Info("webhook listening", "addr", results.lis.Addr().String())
+	log.Info("server listening", "addr", d.lis.Addr().String(), "credentials", adminDir)
+	if d.results != nil {
+		log.Info("webhook listening", "addr", d.results.lis.Addr().String())
 	}
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, log, &daemon{srv: srv, lis: lis, eng: eng, st: st, m: m, feeds: feeds,
-		results: results, metricsAddr: c.String("metrics")})
+	return run(ctx, log, d)
+}
+
+// newDaemon builds, on the opened state, the decision engine, its inputs
+// from existing systems and the gRPC server, and listens. On error nothing
+// is left listening.
+func newDaemon(c *cli.Context, log *slog.Logger, ca *pki.Authority, st *store.Store,
+	reg *registry.Registry, m *metrics.Metrics, exp *export.Exporter) (*daemon, error) {
+	// Decisions: the engine reaches agents through the dispatcher.
+	d := &daemon{st: st, m: m, metricsAddr: c.String("metrics")}
+	disp := api.NewDispatcher(api.DispatcherConfig{Store: st, Registry: reg, Publisher: exp,
+		Metrics: m, Logger: log})
+	var err error
+	if d.eng, err = decide.New(decide.Config{KV: st.Namespace("decide/"), Sink: disp, Logger: log}); err != nil {
+		return nil, err
+	}
+
+	// Inputs from existing systems: threat-intel feeds and signed results.
+	hosts := certHosts(c)
+	if d.feeds, err = newIntel(c, d.eng, log, m.Registerer()); err != nil {
+		return nil, err
+	}
+	if d.results, err = newResultsEndpoint(c, d.eng, ca, hosts, log, m.Registerer()); err != nil {
+		return nil, err
+	}
+
+	// Transport: the gRPC server over mutual TLS.
+	d.srv, err = api.New(api.Config{Store: st, Registry: reg, Authority: ca, Engine: d.eng,
+		Dispatcher: disp, Metrics: m, Logger: log, Hosts: hosts, TokenTTL: c.Duration("token-ttl")})
+	if err == nil {
+		if d.lis, err = net.Listen("tcp", c.String("listen")); err != nil {
+			err = fmt.Errorf("listen: %w", err)
+		}
+	}
+	if err != nil {
+		d.results.close()
+		return nil, err
+	}
+	return d, nil
 }
 
 // certHosts returns the --host values plus the --listen and
