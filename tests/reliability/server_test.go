@@ -1,0 +1,170 @@
+//go:build integration
+
+package reliability
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/vigilsec/vigil/tests/harness"
+)
+
+// denyPolicy allows all traffic but TCP to each of denied (HOST:PORT), and
+// lowers a device to low for 10 minutes on event loss. extra is appended
+// to the rules list (YAML, indented as a list item).
+func denyPolicy(t *testing.T, extra string, denied ...string) string {
+	t.Helper()
+	var rules strings.Builder
+	for i, d := range denied {
+		host, port, err := net.SplitHostPort(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&rules, `  - name: deny-%d
+    action: deny
+    subjects:
+      - devices: ["*"]
+    destinations:
+      - cidrs: [%s/32]
+        ports: ["%s"]
+`, i, host, port)
+	}
+	return `version: 1
+levels: [untrusted, low, medium, high]
+defaults:
+  level: medium
+  traffic: allow
+  unknown_peers: allow
+  fail_mode: last-known
+rules:
+` + rules.String() + extra + `
+protections:
+  - name: blind-spot
+    when:
+      detectors: [event-loss]
+    respond:
+      set_level: {target: device, level: low, for: 10m}
+`
+}
+
+// apply writes src to a file and applies it, returning the new version.
+func apply(t *testing.T, s *harness.Server, src string) uint64 {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(f, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.TrimSpace(s.Ctl("policy", "apply", "-f", f))
+	var v uint64
+	if _, err := fmt.Sscanf(out, "policy version %d applied", &v); err != nil {
+		t.Fatalf("policy apply printed %q", out)
+	}
+	return v
+}
+
+// event is the part of a stored event the tests look at.
+type event struct {
+	Seq      uint64 `json:"seq,string"`
+	Kind     string `json:"kind"`
+	Agent    string `json:"agent"`
+	ServerID string `json:"serverId"`
+	Lost     uint64 `json:"lost,string"`
+	Entity   string `json:"entity"`
+	Message  string `json:"message"`
+	Process  struct {
+		PID         int    `json:"pid"`
+		StartTimeNs uint64 `json:"startTimeNs,string"`
+		Executable  string `json:"executable"`
+		Comm        string `json:"comm"`
+		SHA256      string `json:"sha256"`
+	} `json:"process"`
+	Connection struct {
+		RemoteAddress string `json:"remoteAddress"`
+		RemotePort    int    `json:"remotePort"`
+		Verdict       string `json:"verdict"`
+	} `json:"connection"`
+	Finding struct {
+		Entity   string `json:"entity"`
+		Detector string `json:"detector"`
+	} `json:"finding"`
+	Signal uint32 `json:"signal"`
+}
+
+// events returns the stored events of agent (all agents when empty) of the
+// given kinds, oldest first.
+func events(t *testing.T, s *harness.Server, agent string, kinds ...string) []event {
+	t.Helper()
+	args := []string{"events", "--limit", "100000", "-o", "json"}
+	if agent != "" {
+		args = append(args, "--agent", agent)
+	}
+	for _, k := range kinds {
+		args = append(args, "--kind", k)
+	}
+	var out []event
+	for _, line := range strings.Split(s.Ctl(args...), "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		var ev event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("decode event %q: %v", line, err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// connectTally counts pid's stored connect events to target by verdict and
+// reports (agent, seq) pairs stored more than once.
+func connectTally(evs []event, pid int, target string) (verdicts map[string]int, dups int) {
+	host, port, _ := net.SplitHostPort(target)
+	verdicts = map[string]int{}
+	seen := map[string]bool{}
+	for _, ev := range evs {
+		key := ev.Agent + "/" + strconv.FormatUint(ev.Seq, 10)
+		if ev.Seq != 0 && seen[key] {
+			dups++
+		}
+		seen[key] = true
+		if ev.Kind != "EVENT_KIND_CONNECT" || ev.Process.PID != pid ||
+			ev.Connection.RemoteAddress != host || strconv.Itoa(ev.Connection.RemotePort) != port {
+			continue
+		}
+		verdicts[strings.TrimPrefix(ev.Connection.Verdict, "VERDICT_")]++
+	}
+	return verdicts, dups
+}
+
+// agentRow returns the agents list row of name with its loss counter.
+func agentRow(t *testing.T, s *harness.Server, name string) (row struct {
+	Name         string `json:"name"`
+	Online       bool   `json:"online"`
+	Level        string `json:"level"`
+	Revoked      bool   `json:"revoked"`
+	EventsLost   uint64 `json:"eventsLost,string"`
+	TableVersion uint64 `json:"tableVersion,string"`
+}) {
+	t.Helper()
+	var all struct {
+		Agents []json.RawMessage `json:"agents"`
+	}
+	out := s.Ctl("agents", "list", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
+		t.Fatalf("decode agents list: %v\n%s", err, out)
+	}
+	for _, raw := range all.Agents {
+		json.Unmarshal(raw, &row)
+		if row.Name == name {
+			return row
+		}
+	}
+	t.Fatalf("agent %s not listed:\n%s", name, out)
+	return row
+}
