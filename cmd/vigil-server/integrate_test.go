@@ -9,11 +9,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,10 +76,12 @@ func TestIntegrationsWired(t *testing.T) {
 	}
 	jsonl := filepath.Join(t.TempDir(), "events.jsonl")
 	metricsAddr, hookAddr := freeAddr(t), freeAddr(t)
+	batches := batchReceiver(t)
+	secretFile := writeSecret(t, 0o600)
 	s := start(t, serverBin, dir, "--metrics", metricsAddr,
 		"--intel-feed", "bad-hashes="+feed+",csv,every=1m",
-		"--webhook-listen", hookAddr, "--webhook-secret-file", writeSecret(t, 0o600),
-		"--export-jsonl", jsonl)
+		"--webhook-listen", hookAddr, "--webhook-secret-file", secretFile,
+		"--export-jsonl", jsonl, "--export-webhook", batches.URL, "--export-webhook-secret-file", secretFile)
 
 	// Signed results are recorded; a wrong signature is refused.
 	result := `{"entity":"user/alice","severity":"high","source":"edr-test","reason":"wired"}`
@@ -124,6 +128,49 @@ func TestIntegrationsWired(t *testing.T) {
 		data, _ := os.ReadFile(jsonl)
 		t.Fatalf("export file has no detection finding for user/alice:\n%s", data)
 	}
+	select {
+	case <-batches.finding:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the export webhook received no signed batch with the finding")
+	}
+}
+
+// receiver is an HTTP endpoint on loopback taking exported batches.
+type receiver struct {
+	URL     string
+	finding chan struct{} // closed at the first signed batch with user/alice's finding
+}
+
+// batchReceiver accepts signed batches (JSON arrays of OCSF records) and
+// refuses unsigned ones.
+func batchReceiver(t *testing.T) *receiver {
+	t.Helper()
+	r := &receiver{finding: make(chan struct{})}
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		ts, _ := strconv.ParseInt(req.Header.Get(webhook.HeaderTimestamp), 10, 64)
+		if req.Header.Get(webhook.HeaderSignature) != webhook.Sign([]byte(testSecret), ts, body) {
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		var recs []struct {
+			ClassUID int            `json:"class_uid"`
+			Unmapped map[string]any `json:"unmapped"`
+		}
+		if err := json.Unmarshal(body, &recs); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		for _, rec := range recs {
+			if rec.ClassUID == 2004 && rec.Unmapped["entity"] == "user/alice" {
+				once.Do(func() { close(r.finding) })
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	r.URL = srv.URL
+	return r
 }
 
 // hasFinding reports whether the JSON-lines file holds an OCSF Detection
