@@ -1,0 +1,91 @@
+package bench
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+)
+
+// smallBinary is what the exec benchmark forks and executes.
+const smallBinary = "/bin/true"
+
+// ObserveOverhead is scenario 2: fork+exec+wait of a small binary and a
+// loopback TCP connect from a process in a scope, with no agent, with
+// Vigil's data plane observing (exec, fork, exit and connect events drained
+// from the ring buffer as the agent does), and with auditd recording the
+// equivalent execve and connect audit rules. Variants alternate within
+// every round.
+func ObserveOverhead(e *Env, rep *Report) error {
+	cg, err := e.NewCgroup()
+	if err != nil {
+		return err
+	}
+	tcp, _, err := e.listenIn("-")
+	if err != nil {
+		return err
+	}
+	variants := []string{"none", "vigil"}
+	audit, auditErr := e.startAuditd()
+	if auditErr == nil {
+		variants = append(variants, "auditd")
+	}
+
+	s := map[string]samples{"exec": {}, "tcp": {}}
+	for range e.rounds(7, 2) {
+		rand.Shuffle(len(variants), func(i, j int) { variants[i], variants[j] = variants[j], variants[i] })
+		for _, v := range variants {
+			if err := e.observeSample(cg, v, audit, tcp, s); err != nil {
+				return err
+			}
+		}
+	}
+	observeRows(rep, s, auditErr)
+	return nil
+}
+
+// observeSample sets a variant up, measures exec and connect, and tears it
+// down again.
+func (e *Env) observeSample(cg *Cgroup, variant string, audit *auditd, tcp int, s map[string]samples) error {
+	switch variant {
+	case "vigil":
+		_, closeFn, err := e.openDataplane(cg)
+		if err != nil {
+			return err
+		}
+		defer closeFn()
+	case "auditd":
+		if err := audit.addRules(); err != nil {
+			return err
+		}
+		defer audit.removeRules()
+	}
+
+	n := e.rounds(400, 100)
+	v, err := e.runSample(e.Worker(cg, "exec", smallBinary, strconv.Itoa(n)))
+	if err != nil {
+		return fmt.Errorf("%s exec: %w", variant, err)
+	}
+	s["exec"].add(variant, v)
+	target := fmt.Sprintf("127.0.0.1:%d", tcp)
+	v, err = e.runSample(e.Worker(cg, "connect", "tcp", "-", target, strconv.Itoa(e.rounds(4000, 1000))))
+	if err != nil {
+		return fmt.Errorf("%s connect: %w", variant, err)
+	}
+	s["tcp"].add(variant, v)
+	return nil
+}
+
+func observeRows(rep *Report, s map[string]samples, auditErr error) {
+	for _, op := range []string{"exec", "tcp"} {
+		scen := "observe-" + op
+		rep.Add(s[op].ratioRow(scen, "none", "", "ns/op", "ns", nil))
+		rep.Add(s[op].ratioRow(scen, "vigil", "none", "ns/op", "ns",
+			&Target{OnRatio: true, Max: true, Bound: 1.05}))
+		if auditErr != nil {
+			rep.Unavailable(scen, "auditd", "ns/op", auditErr.Error())
+			continue
+		}
+		rep.Add(s[op].ratioRow(scen, "auditd", "none", "ns/op", "ns", nil))
+		rep.Add(s[op].ratioRow(scen, "vigil", "auditd", "vs auditd", "ns", nil))
+	}
+}
