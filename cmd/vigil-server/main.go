@@ -1,7 +1,9 @@
 // Command vigil-server is Vigil's decision server: it enrolls agents, holds
 // their mutual-TLS streams, stores events, instructions and the audit log in
-// badger, runs the decision engine and serves vigilctl. It only reads flags
-// and wires the server packages together.
+// badger, runs the decision engine and serves vigilctl. Its integrate
+// interface loads threat-intel feeds, takes signed results from existing
+// systems over HTTPS and exports every stored event as OCSF. It only reads
+// flags and wires the server packages together.
 package main
 
 import (
