@@ -78,7 +78,7 @@ func TestFeedHashKillsAtExec(t *testing.T) {
 	// Later runs die at exec: the marker they would create never appears.
 	// The kill-on-exec entry reaches the kernel shortly after the kill.
 	killedAt := waitKilledAtExec(t, cg, evil, marker)
-	t.Logf("first run killed at exec %v after start", time.Since(started).Round(time.Millisecond))
+	t.Logf("a later run first killed at exec %v after the first start", time.Since(started).Round(time.Millisecond))
 	for range 3 {
 		killedAt = append(killedAt, runOnce(t, cg, evil, marker))
 	}
