@@ -193,13 +193,14 @@ func (s *Server) Start() {
 }
 
 // InNetNS returns a command that runs name with args inside the network
-// namespace netns (through ip netns exec, which execs in place, so the pid
-// is the program's), or directly when netns is empty.
+// namespace netns (an ip netns name), or directly when netns is empty. It
+// enters with nsenter, which execs in place (the pid is the program's) and,
+// unlike ip netns exec, keeps the mounts, so cgroupfs and bpffs stay visible.
 func InNetNS(netns, name string, args ...string) *exec.Cmd {
 	if netns == "" {
 		return exec.Command(name, args...)
 	}
-	return exec.Command("ip", append([]string{"netns", "exec", netns, name}, args...)...)
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + netns, "--", name}, args...)...)
 }
 
 // dumpLogs writes the tail of every server and agent log to the test log.

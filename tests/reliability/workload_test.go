@@ -159,7 +159,7 @@ func workload(t *testing.T, cg *testenv.Cgroup, netns, role string, args ...stri
 	if netns == "" {
 		cmd = cg.Command(t, os.Args[0], "-test.run=^$")
 	} else {
-		cmd = cg.Command(t, "ip", "netns", "exec", netns, os.Args[0], "-test.run=^$")
+		cmd = cg.Command(t, "nsenter", "--net=/run/netns/"+netns, "--", os.Args[0], "-test.run=^$")
 	}
 	cmd.Env = append(os.Environ(), "VIGIL_REL_ROLE="+role, "VIGIL_REL_ARGS="+strings.Join(args, " "))
 	return cmd
@@ -243,7 +243,7 @@ func (l *loop) outcomes(target string) map[string]int {
 	return out
 }
 
-// pid is the loop process's pid (the test binary's, after ip netns exec).
+// pid is the loop process's pid (the test binary's, after nsenter).
 func (l *loop) pid() int { return l.cmd.Process.Pid }
 
 // listen opens TCP listeners on loopback that accept and close; it returns
