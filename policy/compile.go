@@ -21,6 +21,7 @@ type World struct {
 	Quarantined   map[string]bool   // agent names
 	Cuts          map[string][]string
 	KillOnExec    []string // hashes added at run time (feed indicator hits)
+	FeedHashes    []string // SHA-256 indicators from threat-intel feeds
 }
 
 // Agent is what the compiler needs to know about one agent.
@@ -123,6 +124,7 @@ func (p *Policy) killOnExec(w *World) []string {
 				hashes = append(hashes, ind.SHA256)
 			}
 		}
+		hashes = append(hashes, w.FeedHashes...)
 	}
 	return sortedUnique(append(hashes, w.KillOnExec...))
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -206,19 +207,33 @@ func (e *Engine) Counters(ctx context.Context, agent string, c *vigilpb.Counters
 // SetIndicators replaces the indicators of a threat-intelligence feed (nil
 // removes it). Hits name the feed and the indicator id.
 func (e *Engine) SetIndicators(feed string, inds []policy.Indicator) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	o := e.lock()
+	err := e.setIndicators(o, feed, inds)
+	if err = joinErrs(err, e.unlock(o)); err != nil {
+		e.log.Error("set indicators", "feed", feed, "err", err)
+	}
+}
+
+// setIndicators stores a feed's indicators and, when its hashes changed,
+// recompiles every table: a protection rule that kills threat-intel hashes
+// at exec arms them in every kernel before they are first seen.
+func (e *Engine) setIndicators(o *outbox, feed string, inds []policy.Indicator) error {
+	before := e.detect.FeedHashes()
 	e.detect.SetFeed(feed, inds)
 	key := []byte(keyFeedPrefix + feed)
+	var err error
 	if inds == nil {
-		if err := e.kv.Delete(key); err != nil {
-			e.log.Error("delete feed", "feed", feed, "err", err)
-		}
-		return
+		err = e.kv.Delete(key)
+	} else {
+		err = e.putJSON(string(key), inds)
 	}
-	if err := e.putJSON(string(key), inds); err != nil {
-		e.log.Error("store feed", "feed", feed, "err", err)
+	if err != nil {
+		return fmt.Errorf("store feed %s: %w", feed, err)
 	}
+	if slices.Equal(before, e.detect.FeedHashes()) {
+		return nil
+	}
+	return e.recompute(o, e.allAgents())
 }
 
 // Report records a result from an existing security system as a finding on

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -559,5 +560,38 @@ func TestNewRejectsCorruptState(t *testing.T) {
 				t.Fatalf("New accepted corrupt %s", tt.name)
 			}
 		})
+	}
+}
+
+// TestFeedHashesArmedAtExec checks that a feed's hashes reach every agent's
+// kill-on-exec list before any of them is seen running, and leave it when
+// the feed drops them.
+func TestFeedHashesArmedAtExec(t *testing.T) {
+	f := newFixture(t)
+	feedHash := strings.Repeat("f", 64)
+	pushed := func() []string {
+		f.sink.mu.Lock()
+		defer f.sink.mu.Unlock()
+		var added []string
+		for _, d := range f.sink.diffs["laptop"] {
+			added = append(added, d.KillOnExecAdded...)
+		}
+		return added
+	}
+
+	f.e.SetIndicators("osint", []policy.Indicator{{Kind: policy.IndicatorSHA256, SHA256: feedHash,
+		ID: "indicator--1", Source: "osint"}})
+	for _, agent := range []string{"laptop", "crm-host"} {
+		if !slices.Contains(f.table(agent).KillOnExec, feedHash) {
+			t.Errorf("%s kill-on-exec %v lacks the feed hash", agent, f.table(agent).KillOnExec)
+		}
+	}
+	if !slices.Contains(pushed(), feedHash) {
+		t.Errorf("no diff armed the feed hash on laptop: %v", pushed())
+	}
+
+	f.e.SetIndicators("osint", nil)
+	if slices.Contains(f.table("laptop").KillOnExec, feedHash) {
+		t.Errorf("feed hash still armed after the feed dropped it")
 	}
 }

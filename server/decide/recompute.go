@@ -79,6 +79,7 @@ func (e *Engine) world() *policy.World {
 	for h := range e.killOnExec {
 		w.KillOnExec = append(w.KillOnExec, h)
 	}
+	w.FeedHashes = e.detect.FeedHashes()
 	return w
 }
 

@@ -101,6 +101,20 @@ func (s *State) SetFeed(feed string, inds []policy.Indicator) {
 	s.reindex()
 }
 
+// FeedHashes returns the SHA-256 indicators of every feed, sorted.
+func (s *State) FeedHashes() []string {
+	var out []string
+	for _, feed := range sortedFeeds(s.feeds) {
+		for _, ind := range s.feeds[feed] {
+			if ind.Kind == policy.IndicatorSHA256 {
+				out = append(out, strings.ToLower(ind.SHA256))
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func (s *State) reindex() {
 	s.hashes, s.nets = map[string]policy.Indicator{}, nil
 	add := func(ind policy.Indicator) {
