@@ -1,6 +1,7 @@
 package proctable
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
@@ -26,6 +27,11 @@ func copyExe(t *testing.T) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Trailing bytes the loader ignores give the copy a hash of its own, so
+	// a sleep that another process runs meanwhile cannot share it.
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	b = append(b, salt...)
 	path := filepath.Join(t.TempDir(), "vigil-sleeper")
 	if err := os.WriteFile(path, b, 0o755); err != nil {
 		t.Fatal(err)
