@@ -22,6 +22,7 @@
 #define MAX_RULES_PER_PREFIX	32	/* rules one prefix (with its covering prefixes) may hold */
 #define MAX_PROTECTED_RANGES	16	/* protected local port ranges per table */
 #define MAX_QUARANTINE_EXEMPT	8	/* prefixes reachable while quarantined */
+#define MAX_PENDING_RULES	8	/* denies one pending prefix holds, covering ones included */
 #define FILENAME_LEN		256
 #define COMM_LEN		16
 
@@ -157,6 +158,22 @@ struct ingress_rule {
 	__u8 pad[2];
 };
 
+/* pending_egress holds the pending denies that cover one destination
+ * prefix: its own, then those of shorter pending prefixes covering it, so
+ * the longest-prefix match alone finds every candidate. */
+struct pending_egress {
+	__u32 count;		/* rules in use */
+	__u32 pad;
+	struct egress_rule rules[MAX_PENDING_RULES];
+};
+
+/* pending_ingress is pending_egress for inbound rules, by peer prefix. */
+struct pending_ingress {
+	__u32 count;
+	__u32 pad;
+	struct ingress_rule rules[MAX_PENDING_RULES];
+};
+
 /* port_range is a protected local port range and its default verdict. */
 struct port_range {
 	__u16 min;
@@ -189,7 +206,7 @@ struct table_settings {
 struct scope_info {
 	__u64 cgroup_id;	/* kernfs id of the scope directory */
 	__u32 cut_entries;	/* entries in cut_peers; 0 skips the lookups */
-	__u32 pad;
+	__u32 pending_entries;	/* entries in the pending-deny overlays; 0 skips them */
 };
 
 /* cut_key names a cut peer: address (IPv4-mapped for IPv4) and remote port,

@@ -154,6 +154,37 @@ static __always_inline void judge_table(__u32 slot, const __u8 addr[16], __u16 p
 	judge_rule(&r, j);
 }
 
+/* judge_pending_dest applies the pending-deny overlay: the first pending deny
+ * that admits port, proto and the caller decides. */
+static __always_inline bool judge_pending_dest(const __u8 addr[16], __u16 port, __u8 proto,
+					  struct judgement *j)
+{
+	struct subject_cache c = {};
+	struct pending_egress *p;
+	struct prefix_key key;
+
+	if (!pending_key(addr, &key))
+		return false;
+	p = bpf_map_lookup_elem(&egress_pending, &key);
+	if (!p)
+		return false;
+
+	c.uid = (__u32)bpf_get_current_uid_gid();
+	for (__u32 i = 0; i < MAX_PENDING_RULES; i++) {
+		struct egress_rule *r = &p->rules[i];
+
+		if (i >= p->count)
+			break;
+		if (port < r->port_min || port > r->port_max || !proto_matches(r->proto, proto))
+			continue;
+		if (!subject_matches(r, &c))
+			continue;
+		judge_rule(r, j);
+		return true;
+	}
+	return false;
+}
+
 static __always_inline void judge(const __u8 addr[16], __u16 port, __u8 proto, struct judgement *j)
 {
 	__u32 slot = table_slot();
@@ -174,6 +205,8 @@ static __always_inline void judge(const __u8 addr[16], __u16 port, __u8 proto, s
 		j->reason = COUNTER_EGRESS_DENY_QUARANTINE;
 		return;
 	}
+	if (judge_pending_dest(addr, port, proto, j))
+		return;
 	judge_default(st, j);
 	judge_table(slot, addr, port, proto, j);
 }

@@ -125,7 +125,37 @@ static __always_inline void judge_peer(__u32 slot, const __u8 peer[16], __u16 po
 	}
 }
 
-/* judge_ingress decides a connection from peer to the local port. */
+/* judge_pending_peer applies the pending-deny overlay; its denies lie inside
+ * ports the table being applied protects, so no protected range is needed. */
+static __always_inline bool judge_pending_peer(const __u8 peer[16], __u16 port, __u8 proto,
+					  struct ingress_judgement *j)
+{
+	struct pending_ingress *p;
+	struct prefix_key key;
+
+	if (!pending_key(peer, &key))
+		return false;
+	p = bpf_map_lookup_elem(&ingress_pending, &key);
+	if (!p)
+		return false;
+
+	for (__u32 i = 0; i < MAX_PENDING_RULES; i++) {
+		struct ingress_rule *r = &p->rules[i];
+
+		if (i >= p->count)
+			break;
+		if (port < r->port_min || port > r->port_max || !proto_matches(r->proto, proto))
+			continue;
+		j->verdict = VERDICT_DENY;
+		j->rule_id = r->rule_id;
+		j->reason = COUNTER_INGRESS_DENY_RULE;
+		return true;
+	}
+	return false;
+}
+
+/* judge_ingress decides a connection from peer to the local port: pending
+ * denies first, then the table. */
 static __always_inline void judge_ingress(const __u8 peer[16], __u16 port, __u8 proto,
 					  struct ingress_judgement *j)
 {
@@ -133,6 +163,8 @@ static __always_inline void judge_ingress(const __u8 peer[16], __u16 port, __u8 
 	struct table_settings *st = bpf_map_lookup_elem(&settings, &slot);
 	int range;
 
+	if (judge_pending_peer(peer, port, proto, j))
+		return;
 	if (!st)
 		return;
 	range = protected_range(st, port, proto);
@@ -194,7 +226,7 @@ static __always_inline bool packet_rules_active(bool ingress)
 	__u32 slot = table_slot();
 	struct table_settings *st = bpf_map_lookup_elem(&settings, &slot);
 
-	if (s && s->cut_entries)
+	if (s && (s->cut_entries || (ingress && s->pending_entries)))
 		return true;
 	return st && (st->quarantined || (ingress && st->protected_count));
 }

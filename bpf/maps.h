@@ -4,7 +4,13 @@
  *
  * Tables are double-buffered: the agent fills the inner maps of the slot
  * that is not active, then flips active_slot with one write, so a program
- * judges a connection against one complete table generation. */
+ * judges a connection against one complete table generation.
+ *
+ * Flipping the slot waits for an RCU grace period, so a new table takes
+ * tens of milliseconds to go live. The denies it adds reach the programs
+ * first through the pending overlays, one element write each: a connect is
+ * judged by the old table plus some of the new table's denies, or by the
+ * new table, never by anything else. */
 #ifndef VIGIL_MAPS_H
 #define VIGIL_MAPS_H
 
@@ -13,6 +19,7 @@
 #define TABLE_SLOTS		2
 #define MAX_PREFIXES		(256 * 1024)
 #define MAX_RULE_SLOTS		(512 * 1024)
+#define MAX_PENDING_PREFIXES	256
 #define MAX_CUT_PEERS		4096
 #define MAX_KILL_TARGETS	8192
 #define MAX_KILL_ON_EXEC	4096
@@ -149,6 +156,34 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct ingress_rule_array);
 } ingress_rules SEC(".maps");
+
+/* egress_pending: the egress pending-deny overlay. Destination prefix ->
+ * struct pending_egress: denies of the table being applied that no earlier
+ * rule of that table overrides, so each denies only what the new table
+ * denies. Writer: the agent, before it flips active_slot; it empties the
+ * map once the new table is live. Readers: connect4/6, sendmsg4/6, before
+ * the table. The agent never writes more than MAX_PENDING_PREFIXES; denies
+ * beyond that wait for the flip. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_PENDING_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct prefix_key);
+	__type(value, struct pending_egress);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} egress_pending SEC(".maps");
+
+/* ingress_pending: the ingress pending-deny overlay, as egress_pending, by
+ * peer prefix; each deny lies inside a port range the new table protects.
+ * Writer: the agent. Readers: cgroup_skb/ingress, inet_sock_set_state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_PENDING_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct prefix_key);
+	__type(value, struct pending_ingress);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ingress_pending SEC(".maps");
 
 /* cut_peers: blocked peers. struct cut_key -> origin (CUT_BY_*). Writer:
  * the agent (Cut, Restore, ApplyTable). Readers: the socket and packet

@@ -86,6 +86,19 @@ static __always_inline bool quarantine_allows(struct table_settings *st, const _
 	return false;
 }
 
+/* pending_key returns the overlay key for addr when an overlay holds
+ * entries, else false, so the lookup is skipped while none are pending. */
+static __always_inline bool pending_key(const __u8 addr[16], struct prefix_key *key)
+{
+	struct scope_info *s = scope_get();
+
+	if (!s || !s->pending_entries)
+		return false;
+	key->prefixlen = 128;
+	__builtin_memcpy(key->addr, addr, 16);
+	return true;
+}
+
 /* peer_is_cut reports whether traffic with addr:port is blocked. */
 static __always_inline bool peer_is_cut(const __u8 addr[16], __u16 port)
 {

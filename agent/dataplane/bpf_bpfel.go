@@ -64,6 +64,20 @@ type bpfKillTarget struct {
 	Pad     uint32
 }
 
+type bpfPendingEgress struct {
+	_     structs.HostLayout
+	Count uint32
+	Pad   uint32
+	Rules [8]bpfEgressRule
+}
+
+type bpfPendingIngress struct {
+	_     structs.HostLayout
+	Count uint32
+	Pad   uint32
+	Rules [8]bpfIngressRule
+}
+
 type bpfPortRange struct {
 	_              structs.HostLayout
 	Min            uint16
@@ -86,10 +100,10 @@ type bpfRuleSpan struct {
 }
 
 type bpfScopeInfo struct {
-	_          structs.HostLayout
-	CgroupId   uint64
-	CutEntries uint32
-	Pad        uint32
+	_              structs.HostLayout
+	CgroupId       uint64
+	CutEntries     uint32
+	PendingEntries uint32
 }
 
 type bpfTableSettings struct {
@@ -182,9 +196,11 @@ const (
 	bpfMapActiveSlot         = "active_slot"
 	bpfMapCounters           = "counters"
 	bpfMapCutPeers           = "cut_peers"
+	bpfMapEgressPending      = "egress_pending"
 	bpfMapEgressPrefixes     = "egress_prefixes"
 	bpfMapEgressRules        = "egress_rules"
 	bpfMapEvents             = "events"
+	bpfMapIngressPending     = "ingress_pending"
 	bpfMapIngressPrefixes    = "ingress_prefixes"
 	bpfMapIngressRules       = "ingress_rules"
 	bpfMapKillOnExec         = "kill_on_exec"
@@ -276,9 +292,11 @@ type bpfMapSpecs struct {
 	ActiveSlot      *ebpf.MapSpec `ebpf:"active_slot"`
 	Counters        *ebpf.MapSpec `ebpf:"counters"`
 	CutPeers        *ebpf.MapSpec `ebpf:"cut_peers"`
+	EgressPending   *ebpf.MapSpec `ebpf:"egress_pending"`
 	EgressPrefixes  *ebpf.MapSpec `ebpf:"egress_prefixes"`
 	EgressRules     *ebpf.MapSpec `ebpf:"egress_rules"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
+	IngressPending  *ebpf.MapSpec `ebpf:"ingress_pending"`
 	IngressPrefixes *ebpf.MapSpec `ebpf:"ingress_prefixes"`
 	IngressRules    *ebpf.MapSpec `ebpf:"ingress_rules"`
 	KillOnExec      *ebpf.MapSpec `ebpf:"kill_on_exec"`
@@ -324,9 +342,11 @@ type bpfMaps struct {
 	ActiveSlot      *ebpf.Map `ebpf:"active_slot"`
 	Counters        *ebpf.Map `ebpf:"counters"`
 	CutPeers        *ebpf.Map `ebpf:"cut_peers"`
+	EgressPending   *ebpf.Map `ebpf:"egress_pending"`
 	EgressPrefixes  *ebpf.Map `ebpf:"egress_prefixes"`
 	EgressRules     *ebpf.Map `ebpf:"egress_rules"`
 	Events          *ebpf.Map `ebpf:"events"`
+	IngressPending  *ebpf.Map `ebpf:"ingress_pending"`
 	IngressPrefixes *ebpf.Map `ebpf:"ingress_prefixes"`
 	IngressRules    *ebpf.Map `ebpf:"ingress_rules"`
 	KillOnExec      *ebpf.Map `ebpf:"kill_on_exec"`
@@ -341,9 +361,11 @@ func (m *bpfMaps) Close() error {
 		m.ActiveSlot,
 		m.Counters,
 		m.CutPeers,
+		m.EgressPending,
 		m.EgressPrefixes,
 		m.EgressRules,
 		m.Events,
+		m.IngressPending,
 		m.IngressPrefixes,
 		m.IngressRules,
 		m.KillOnExec,
