@@ -24,8 +24,8 @@ func (d *Dataplane) Cut(p Peer) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.cutMu.Lock()
+	defer d.cutMu.Unlock()
 
 	if err := d.objs.CutPeers.Put(&key, cutByCall); err != nil {
 		return 0, fmt.Errorf("write cut_peers: %w", err)
@@ -42,8 +42,8 @@ func (d *Dataplane) Restore(p Peer) error {
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.cutMu.Lock()
+	defer d.cutMu.Unlock()
 
 	err = d.objs.CutPeers.Delete(&key)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -60,7 +60,7 @@ func cutKey(p Peer) (bpfCutKey, error) {
 }
 
 // syncTableCuts makes the table's cut entries exactly peers, keeping those
-// made by Cut, and destroys the sockets of new ones. The caller holds d.mu.
+// made by Cut, and destroys the sockets of new ones.
 func (d *Dataplane) syncTableCuts(peers []Peer) error {
 	want := map[bpfCutKey]bool{}
 	for _, p := range peers {
@@ -70,6 +70,9 @@ func (d *Dataplane) syncTableCuts(peers []Peer) error {
 		}
 		want[k] = true
 	}
+	d.cutMu.Lock()
+	defer d.cutMu.Unlock()
+
 	added, err := d.reconcileCuts(want)
 	if err != nil {
 		return err
@@ -115,7 +118,7 @@ func (d *Dataplane) reconcileCuts(want map[bpfCutKey]bool) (bool, error) {
 }
 
 // recountCuts stores the number of cut entries, which lets the hooks skip
-// the cut lookups while there are none. The caller holds d.mu.
+// the cut lookups while there are none. The caller holds d.cutMu.
 func (d *Dataplane) recountCuts() error {
 	n := uint32(0)
 	var k bpfCutKey

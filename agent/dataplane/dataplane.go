@@ -51,7 +51,11 @@ type Dataplane struct {
 	caps  Capabilities // read-only after Open
 	scope *os.File     // the scope directory, kept open for the cgroup array
 
-	mu sync.Mutex // serializes table, cut and kill writes
+	mu   sync.Mutex // serializes table writes: verdict tables, overlays, kill_on_exec
+	last *Table     // the rules in force after this Open's last ApplyTable; guarded by mu
+
+	cutMu  sync.Mutex // serializes writes of cut_peers and scope, never held across a swap
+	killMu sync.Mutex // serializes kills
 }
 
 // hook is one attachable program.
@@ -205,7 +209,9 @@ func (d *Dataplane) initScope() error {
 	if err := d.objs.Scope.Put(uint32(0), &info); err != nil {
 		return fmt.Errorf("write scope: %w", err)
 	}
-	return nil
+	// Denies a crashed loader left pending may belong to a table that never
+	// went live; the live table alone is the adopted state.
+	return d.clearPending()
 }
 
 // attach adopts each pinned link or attaches and pins a new one, recording

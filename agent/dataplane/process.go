@@ -84,8 +84,8 @@ func (d *Dataplane) walkTasks() ([]Task, error) {
 // children forked while the kill is in flight; Kill then returns once none
 // is left alive.
 func (d *Dataplane) Kill(pid uint32, startNs uint64, tree bool) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.killMu.Lock()
+	defer d.killMu.Unlock()
 
 	all, err := d.Tasks()
 	if err != nil {

@@ -24,25 +24,82 @@ const (
 // no connection is judged against a partly written table. An invalid table
 // changes nothing and the error names the offending rule.
 //
+// The denies the new table adds are in force well before it returns: they
+// go first into the pending overlays, one element write each, and leave
+// them once the table is live. Until then a connection is judged by the old
+// table plus some of those denies, each of which the new table also
+// applies, so nothing both tables allow is refused and nothing both refuse
+// passes. Only denies that differ from the previous table of this Open, and
+// that no earlier allow or audit rule of the new table could precede, take
+// this path; a default that turns to deny, a removed allow, and changes too
+// many for the overlays wait for the swap. A table identical in its rules
+// to the one in force is not swapped at all.
+//
 // A rule with PortMin and PortMax both 0 covers every port. A zero
 // DefaultEgress allows. Cut peers of the table are blocked and their open
 // sockets destroyed; peers the previous table cut and this one does not are
-// restored, while peers cut by Cut stay cut until Restore.
+// restored, while peers cut by Cut stay cut until Restore. ApplyTable never
+// delays Cut, Restore or Kill.
+//
+// BUG: a table that fails only the whole-table limits (rules per prefix,
+// prefixes, rule slots) is refused after its new denies were briefly in
+// force, for as long as the compile took.
 func (d *Dataplane) ApplyTable(t Table) error {
-	c, err := compileTable(t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	pending, fast, err := findPendingDenies(d.last, t)
 	if err != nil {
 		return err
 	}
+	if fast {
+		if err := d.writePending(pending); err != nil {
+			return errors.Join(err, d.clearPending())
+		}
+	}
+	err = d.applyWhole(t)
+	if fast && pending.entries() > 0 {
+		err = errors.Join(err, d.clearPending())
+	}
+	return err
+}
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.swapTables(c.settings, c.egress, c.ingress); err != nil {
-		return err
+// applyWhole compiles and swaps in the table unless its rules are those in
+// force, then brings kill_on_exec and the table's cuts in line. The caller
+// holds d.mu.
+func (d *Dataplane) applyWhole(t Table) error {
+	if d.last == nil || !sameRules(*d.last, t) {
+		c, err := compileTable(t)
+		if err != nil {
+			return err
+		}
+		if err := d.swapTables(c.settings, c.egress, c.ingress); err != nil {
+			return err
+		}
+		d.last = rulesOf(t)
 	}
 	if err := d.syncKillOnExec(t.KillOnExec); err != nil {
 		return err
 	}
 	return d.syncTableCuts(t.Cut)
+}
+
+// rulesOf copies the parts of t the verdict tables hold.
+func rulesOf(t Table) *Table {
+	return &Table{
+		DefaultEgress: t.DefaultEgress, Egress: slices.Clone(t.Egress),
+		ProtectedPorts: slices.Clone(t.ProtectedPorts), Ingress: slices.Clone(t.Ingress),
+		Quarantined: t.Quarantined, QuarantineExempt: slices.Clone(t.QuarantineExempt),
+	}
+}
+
+// sameRules reports whether a and b put the same verdict tables in force.
+func sameRules(a, b Table) bool {
+	return a.DefaultEgress == b.DefaultEgress && a.Quarantined == b.Quarantined &&
+		slices.Equal(a.QuarantineExempt, b.QuarantineExempt) &&
+		slices.Equal(a.ProtectedPorts, b.ProtectedPorts) &&
+		slices.Equal(a.Ingress, b.Ingress) &&
+		slices.EqualFunc(a.Egress, b.Egress, func(x, y EgressRule) bool { return equalEgress(&x, &y) })
 }
 
 // compiledTable is a validated table in the kernel's layout.
