@@ -172,7 +172,9 @@ func (a *Applier) SetOnline(online bool) error {
 
 // ApplyTable replaces the table and returns the acknowledgement to send:
 // the version with no error once the kernel has it, or the error while the
-// previous table stays in force.
+// previous table stays in force. The denies the table adds are enforced
+// before the kernel's table swap finishes; the acknowledgement waits for
+// the swap, so an acknowledged version is one the kernel enforces whole.
 func (a *Applier) ApplyTable(t *vigilpb.VerdictTable) *vigilpb.TableAck {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -380,26 +382,16 @@ func killOutcome(err error) *vigilpb.InstructionAck {
 	return failed(err)
 }
 
-// cut adds the peer to (or removes it from) the table's cut list, writes
-// the table, and destroys (or lifts the block on) its connections.
+// cut blocks the peer and destroys its connections at once, then records
+// it in the table's cut list so a restarted agent keeps it; restore lifts
+// the block and removes it from the list. Neither waits for a table swap:
+// the kernel's table changes only in its cut peers, which it applies
+// without one.
 func (a *Applier) cut(spec string, cut bool) *vigilpb.InstructionAck {
 	peer, err := ParsePeer(spec)
 	if err != nil {
 		return failed(err)
 	}
-	canonical := peerString(peer)
-	ack := a.change(func(t *vigilpb.VerdictTable) error {
-		if cut {
-			t.CutPeers = addStrings(t.CutPeers, []string{canonical})
-		} else {
-			t.CutPeers = removeStrings(removeStrings(t.CutPeers, []string{canonical}), []string{spec})
-		}
-		return nil
-	})
-	if ack.Outcome != vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE {
-		return ack
-	}
-
 	if cut {
 		_, err = a.cfg.Kernel.Cut(peer)
 	} else {
@@ -408,7 +400,16 @@ func (a *Applier) cut(spec string, cut bool) *vigilpb.InstructionAck {
 	if err != nil {
 		return failed(err)
 	}
-	return ack
+
+	canonical := peerString(peer)
+	return a.change(func(t *vigilpb.VerdictTable) error {
+		if cut {
+			t.CutPeers = addStrings(t.CutPeers, []string{canonical})
+		} else {
+			t.CutPeers = removeStrings(removeStrings(t.CutPeers, []string{canonical}), []string{spec})
+		}
+		return nil
+	})
 }
 
 // change edits a copy of the table and writes it; the version stays, since

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +25,7 @@ type recordingKernel struct {
 	tables   []dataplane.Table
 	kills    []string
 	cuts     []dataplane.Peer
+	calls    []string // "table", "cut", "restore", in call order
 	failNext error
 	live     map[uint32]uint64 // pid -> start time
 }
@@ -36,6 +38,7 @@ func (k *recordingKernel) ApplyTable(t dataplane.Table) error {
 		return err
 	}
 	k.tables = append(k.tables, t)
+	k.calls = append(k.calls, "table")
 	return nil
 }
 
@@ -62,10 +65,16 @@ func (k *recordingKernel) Cut(p dataplane.Peer) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.cuts = append(k.cuts, p)
+	k.calls = append(k.calls, "cut")
 	return 1, nil
 }
 
-func (k *recordingKernel) Restore(p dataplane.Peer) error { return nil }
+func (k *recordingKernel) Restore(p dataplane.Peer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls = append(k.calls, "restore")
+	return nil
+}
 
 func (k *recordingKernel) last(t *testing.T) dataplane.Table {
 	t.Helper()
@@ -348,6 +357,36 @@ func TestInstructions(t *testing.T) {
 	}
 	if ack, _ := again.Execute(&vigilpb.Instruction{Seq: 1, Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_KILL, Pid: 42}, time.Now()); ack.Outcome != vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE || len(f.k.kills) != 1 {
 		t.Errorf("duplicate after restart: ack %v, kills %v", ack, f.k.kills)
+	}
+}
+
+// TestCutActsBeforeTableWrite checks that cut and restore reach the kernel
+// before the table recording them is written, so they never wait for it.
+func TestCutActsBeforeTableWrite(t *testing.T) {
+	tests := []struct {
+		name string
+		kind vigilpb.InstructionKind
+		want []string
+	}{
+		{"cut", vigilpb.InstructionKind_INSTRUCTION_KIND_CUT, []string{"cut", "table"}},
+		{"restore", vigilpb.InstructionKind_INSTRUCTION_KIND_RESTORE, []string{"restore", "table"}},
+	}
+	f := newFixture(t)
+	f.a.ApplyTable(baseTable())
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f.k.calls = nil
+			ins := &vigilpb.Instruction{Seq: uint64(i + 1), Kind: tt.kind, Peer: "127.0.0.7:80"}
+			if ack, _ := f.a.Execute(ins, time.Now()); ack.Outcome != vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE {
+				t.Fatalf("ack %v", ack)
+			}
+			if !slices.Equal(f.k.calls, tt.want) {
+				t.Errorf("kernel calls %v, want %v", f.k.calls, tt.want)
+			}
+		})
+	}
+	if cut := f.k.last(t).Cut; len(cut) != 0 {
+		t.Errorf("table cut peers after restore: %v", cut)
 	}
 }
 
