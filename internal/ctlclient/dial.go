@@ -10,6 +10,10 @@ import (
 // DefaultServer is the server address used when none is given.
 const DefaultServer = "127.0.0.1:7443"
 
+// maxReplyBytes is the largest reply accepted: the server's own bound on
+// every message, so a query the server answers is never refused here.
+const maxReplyBytes = 16 << 20
+
 // Dial returns a connection to the server at addr authenticated with the
 // admin credentials in dir. The connection is made lazily: an unreachable
 // server shows up as an Unavailable error on the first call. The caller
@@ -19,7 +23,8 @@ func Dial(addr, dir string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReplyBytes)))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
