@@ -23,6 +23,7 @@ import (
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 )
 
 // Handler carries out what the server sends. Its methods are called from
@@ -124,11 +125,19 @@ func (c *Client) Send(m *vigilpb.AgentMessage) bool {
 	}
 }
 
+// streamKeepalive pings the server on a quiet connection, so a stream
+// whose path died (a partition) is noticed within seconds and replaced
+// instead of waiting for TCP to give up or a retransmission to get through.
+// Time stays above the server's minimum ping interval.
+var streamKeepalive = keepalive.ClientParameters{
+	Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true,
+}
+
 // Run keeps a stream open until ctx ends, reconnecting after every failure
 // with exponential backoff and full jitter.
 func (c *Client) Run(ctx context.Context) error {
 	creds := grpc.WithTransportCredentials(credentials.NewTLS(c.cfg.TLS))
-	conn, err := grpc.NewClient(c.cfg.Addr, creds)
+	conn, err := grpc.NewClient(c.cfg.Addr, creds, grpc.WithKeepaliveParams(streamKeepalive))
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", c.cfg.Addr, err)
 	}
