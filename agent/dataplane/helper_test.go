@@ -46,6 +46,8 @@ func runHelper(mode string, args []string) int {
 		return errnoExit(rawSendto(args[0]))
 	case "connect-loop":
 		return connectLoop(args[0], args[1])
+	case "connect-until-eperm":
+		return connectUntilEPERM(args[0])
 	case "hold":
 		return hold(args[0])
 	case "sleep":

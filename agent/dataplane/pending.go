@@ -173,7 +173,7 @@ func protects(ranges []PortRange, lo, hi uint16, proto Protocol) bool {
 // rulePlace is what decides whether one rule is judged before another for
 // a connection both match: prefix, ports, transport and verdict.
 type rulePlace struct {
-	prefix  netip.Prefix // IPv4 as IPv4-mapped IPv6, the trie's view
+	prefix  netip.Prefix // as written; trieView gives the kernel's view
 	lo, hi  uint16
 	proto   Protocol
 	verdict Verdict
@@ -181,12 +181,12 @@ type rulePlace struct {
 
 func egressPlace(r EgressRule) rulePlace {
 	lo, hi, _ := portRange(r.PortMin, r.PortMax)
-	return rulePlace{trieView(r.Dest), lo, hi, r.Proto, r.Verdict}
+	return rulePlace{r.Dest, lo, hi, r.Proto, r.Verdict}
 }
 
 func ingressPlace(r IngressRule) rulePlace {
 	lo, hi, _ := portRange(r.PortMin, r.PortMax)
-	return rulePlace{trieView(r.Peer), lo, hi, r.Proto, r.Verdict}
+	return rulePlace{r.Peer, lo, hi, r.Proto, r.Verdict}
 }
 
 // trieView returns p as the kernel's trie sees it: IPv4 as IPv4-mapped IPv6.
@@ -200,26 +200,24 @@ func trieView(p netip.Prefix) netip.Prefix {
 // overridden reports whether some rule that does not deny can be judged
 // before rule d of n for a connection both match: a rule with a longer
 // prefix inside d's, or one with d's prefix earlier in the table. Subjects
-// are not compared, so a rule for other processes also counts. Cheap checks
-// come first, since this runs over the whole table.
+// are not compared, so a rule for other processes also counts. It runs
+// over the whole table, so the cheap checks come first.
 func overridden(n, d int, place func(int) rulePlace) bool {
 	dp := place(d)
+	dv := trieView(dp.prefix)
 	for k := range n {
-		if k == d {
-			continue
-		}
 		r := place(k)
-		if r.verdict == VerdictDeny || r.hi < dp.lo || r.lo > dp.hi {
+		if k == d || r.verdict == VerdictDeny || r.hi < dp.lo || r.lo > dp.hi {
 			continue
 		}
 		if r.proto != ProtoAny && dp.proto != ProtoAny && r.proto != dp.proto {
 			continue
 		}
-		bits, dbits := r.prefix.Bits(), dp.prefix.Bits()
-		if bits < dbits || bits == dbits && k > d {
+		rv := trieView(r.prefix)
+		if rv.Bits() < dv.Bits() || rv.Bits() == dv.Bits() && k > d {
 			continue
 		}
-		if r.prefix.Overlaps(dp.prefix) {
+		if rv.Overlaps(dv) {
 			return true
 		}
 	}

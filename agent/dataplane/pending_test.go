@@ -1,0 +1,271 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// overlayIDs renders overlay entries as "prefix: rule ids" for comparison.
+func overlayIDs[R any](st spanTable[R], id func(R) uint32) []string {
+	var out []string
+	for i, key := range st.keys {
+		addr, bits := netip.AddrFrom16(key.Addr), int(key.Prefixlen)
+		if addr.Is4In6() {
+			addr, bits = addr.Unmap(), bits-96
+		}
+		s := st.spans[i]
+		var ids []string
+		for _, r := range st.rules[s.First : s.First+s.Count] {
+			ids = append(ids, fmt.Sprint(id(r)))
+		}
+		out = append(out, netip.PrefixFrom(addr, bits).String()+": "+strings.Join(ids, ","))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func ingressRule(id uint32, peer string, port uint16, v Verdict) IngressRule {
+	return IngressRule{RuleID: id, Peer: prefix(peer), PortMin: port, PortMax: port, Proto: ProtoTCP, Verdict: v}
+}
+
+func TestFindPendingDenies(t *testing.T) {
+	base := []EgressRule{
+		portRule(1, "10.0.0.0/8", 80, ProtoTCP, VerdictAllow),
+		portRule(2, "10.9.9.9/32", 22, ProtoTCP, VerdictDeny),
+		portRule(3, "192.0.2.0/24", 443, ProtoTCP, VerdictAllow),
+	}
+	with := func(rules ...EgressRule) []EgressRule { return append(slices.Clone(base), rules...) }
+	protected := []PortRange{{Min: 8000, Max: 8100, Proto: ProtoTCP, Default: VerdictAllow}}
+	tests := []struct {
+		name        string
+		prev        *Table
+		next        Table
+		wantOK      bool
+		wantEgress  []string
+		wantIngress []string
+		wantErr     string
+	}{
+		{"new deny", &Table{Egress: base}, Table{Egress: with(portRule(4, "10.1.2.3/32", 80, ProtoTCP, VerdictDeny))},
+			true, []string{"10.1.2.3/32: 4"}, nil, ""},
+		{"deny behind a longer allow waits", &Table{Egress: base},
+			Table{Egress: with(portRule(4, "10.0.0.0/7", 80, ProtoAny, VerdictDeny))}, true, nil, nil, ""},
+		{"deny behind an earlier allow of its prefix waits", &Table{Egress: base},
+			Table{Egress: with(portRule(4, "192.0.2.0/24", 443, ProtoTCP, VerdictDeny))}, true, nil, nil, ""},
+		{"deny on other ports than the allow", &Table{Egress: base},
+			Table{Egress: with(portRule(4, "10.0.0.0/7", 81, ProtoTCP, VerdictDeny))}, true, []string{"10.0.0.0/7: 4"}, nil, ""},
+		{"ipv6 deny over ipv4 allow waits", &Table{Egress: base},
+			Table{Egress: with(portRule(4, "::/0", 80, ProtoTCP, VerdictDeny))}, true, nil, nil, ""},
+		{"audit overrides like allow", &Table{Egress: base},
+			Table{Egress: with(portRule(5, "10.1.0.0/16", 81, ProtoTCP, VerdictAudit),
+				portRule(4, "10.0.0.0/8", 81, ProtoTCP, VerdictDeny))}, true, nil, nil, ""},
+		{"covering denies join the longer prefix", &Table{Egress: base},
+			Table{Egress: with(portRule(4, "198.51.100.0/24", 25, ProtoTCP, VerdictDeny),
+				portRule(5, "198.51.100.7/32", 26, ProtoTCP, VerdictDeny))},
+			true, []string{"198.51.100.0/24: 4", "198.51.100.7/32: 5,4"}, nil, ""},
+		{"removed rules leave the rest unchanged", &Table{Egress: base},
+			Table{Egress: []EgressRule{base[0], base[2], portRule(4, "203.0.113.1/32", 80, ProtoTCP, VerdictDeny)}},
+			true, []string{"203.0.113.1/32: 4"}, nil, ""},
+		{"first table of an open", nil, Table{Egress: base}, true, []string{"10.9.9.9/32: 2"}, nil, ""},
+		{"ingress deny inside a protected range", &Table{ProtectedPorts: protected},
+			Table{ProtectedPorts: protected, Ingress: []IngressRule{ingressRule(6, "192.0.2.1/32", 8080, VerdictDeny)}},
+			true, nil, []string{"192.0.2.1/32: 6"}, ""},
+		{"ingress deny outside protected ports waits", &Table{ProtectedPorts: protected},
+			Table{ProtectedPorts: protected, Ingress: []IngressRule{ingressRule(6, "192.0.2.1/32", 9090, VerdictDeny)}},
+			true, nil, nil, ""},
+		{"invalid new deny is an error", &Table{Egress: base},
+			Table{Egress: with(EgressRule{RuleID: 9, Dest: prefix("10.0.0.0/8"), PortMin: 9, PortMax: 8,
+				Proto: ProtoTCP, Verdict: VerdictDeny})}, false, nil, nil, "egress rule 9: port range 9-8 is empty"},
+		{"too many changes", &Table{}, Table{Egress: benchTable(maxChangedRules + 1).Egress}, false, nil, nil, ""},
+		{"too many denies on one prefix", &Table{},
+			Table{Egress: slices.Repeat([]EgressRule{portRule(7, "10.0.0.0/8", 1, ProtoTCP, VerdictDeny)}, 9)},
+			false, nil, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, ok, err := findPendingDenies(tt.prev, tt.next)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || ok != tt.wantOK {
+				t.Fatalf("ok %v err %v, want ok %v", ok, err, tt.wantOK)
+			}
+			eg := overlayIDs(p.egress, func(r bpfEgressRule) uint32 { return r.RuleId })
+			in := overlayIDs(p.ingress, func(r bpfIngressRule) uint32 { return r.RuleId })
+			if !slices.Equal(eg, tt.wantEgress) || !slices.Equal(in, tt.wantIngress) {
+				t.Errorf("overlay egress %q ingress %q, want %q and %q", eg, in, tt.wantEgress, tt.wantIngress)
+			}
+		})
+	}
+}
+
+// TestNewDenyPrecedesSwap applies a large table with one new deny while a
+// process in scope connects in a loop, and checks that the deny refused a
+// connect before ApplyTable returned, and that the overlay is empty after.
+func TestNewDenyPrecedesSwap(t *testing.T) {
+	d, cg := openScoped(t, Config{})
+	target := listenTCP(t, "127.0.0.1:0")
+	base := benchTable(20_000)
+	if err := d.ApplyTable(base); err != nil {
+		t.Fatal(err)
+	}
+	cmd, out := startHelper(t, cg, "connect-until-eperm", target.String())
+
+	next := base
+	next.Egress = append(slices.Clone(base.Egress), portRule(1<<30, "127.0.0.1/32", target.Port(), ProtoTCP, VerdictDeny))
+	start := time.Now()
+	if err := d.ApplyTable(next); err != nil {
+		t.Fatal(err)
+	}
+	applied := time.Since(start)
+	line, err := out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	refused := helperTime(t, line).Sub(start)
+	_ = cmd.Wait()
+	t.Logf("first EPERM %v after ApplyTable began; ApplyTable took %v", refused, applied)
+	if refused >= applied {
+		t.Errorf("first EPERM %v after the call, not before ApplyTable returned (%v)", refused, applied)
+	}
+	assertPendingEmpty(t, d)
+}
+
+// helperTime parses the wall-clock time a helper printed in nanoseconds.
+func helperTime(t *testing.T, line string) time.Time {
+	t.Helper()
+	var ns int64
+	if _, err := fmt.Sscan(line, &ns); err != nil {
+		t.Fatalf("helper printed %q: %v", line, err)
+	}
+	return time.Unix(0, ns)
+}
+
+func assertPendingEmpty(t *testing.T, d *Dataplane) {
+	t.Helper()
+	var info bpfScopeInfo
+	if err := d.objs.Scope.Lookup(uint32(0), &info); err != nil {
+		t.Fatal(err)
+	}
+	var k bpfPrefixKey
+	if err := d.objs.EgressPending.NextKey(nil, &k); err == nil {
+		t.Errorf("egress_pending still holds %v", k)
+	}
+	if err := d.objs.IngressPending.NextKey(nil, &k); err == nil {
+		t.Errorf("ingress_pending still holds %v", k)
+	}
+	if info.PendingEntries != 0 {
+		t.Errorf("pending_entries = %d after the swap", info.PendingEntries)
+	}
+}
+
+// TestFastDeniesNeverMisjudge flips between two tables while processes in
+// scope connect in loops. The second table adds denies through the overlay:
+// one for a destination it also allows by an earlier, longer rule (must
+// stay allowed), one for a destination both tables deny, and one that only
+// it denies (must see both verdicts, so the overlay was exercised).
+func TestFastDeniesNeverMisjudge(t *testing.T) {
+	d, cg := openScoped(t, Config{})
+	allowed := listenTCP(t, "127.0.0.1:0")
+	denied := listenTCP(t, "127.0.0.1:0")
+	flipping := listenTCP(t, "127.0.0.1:0")
+	filler := benchTable(2000).Egress
+	a := Table{Egress: append([]EgressRule{
+		portRule(1, "127.0.0.1/32", allowed.Port(), ProtoTCP, VerdictAllow),
+		portRule(2, "127.0.0.1/32", denied.Port(), ProtoTCP, VerdictDeny)}, filler...)}
+	b := a
+	b.Egress = append(slices.Clone(a.Egress),
+		portRule(3, "127.0.0.0/8", allowed.Port(), ProtoTCP, VerdictDeny),
+		portRule(4, "127.0.0.0/8", denied.Port(), ProtoAny, VerdictDeny),
+		portRule(5, "127.0.0.1/32", flipping.Port(), ProtoTCP, VerdictDeny))
+	p, ok, err := findPendingDenies(&a, b)
+	ids := overlayIDs(p.egress, func(r bpfEgressRule) uint32 { return r.RuleId })
+	if want := []string{"127.0.0.0/8: 4", "127.0.0.1/32: 5,4"}; err != nil || !ok || !slices.Equal(ids, want) {
+		t.Fatalf("overlay for the second table %q, ok %v, err %v; want %q", ids, ok, err, want)
+	}
+	if err := d.ApplyTable(a); err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	swaps := 0
+	go func() {
+		defer close(errc)
+		for i := 1; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := d.ApplyTable([]Table{a, b}[i%2]); err != nil {
+				errc <- err
+				return
+			}
+			swaps++
+		}
+	}()
+	var mu sync.Mutex
+	counts := map[netip.AddrPort][2]int{}
+	var wg sync.WaitGroup
+	for _, addr := range []netip.AddrPort{allowed, denied, flipping} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := helper(t, cg, "connect-loop", addr.String(), "1500ms").Output()
+			var ok, refused int
+			if _, serr := fmt.Sscan(string(out), &ok, &refused); err != nil || serr != nil {
+				t.Errorf("connect loop: %v %v: %s", err, serr, out)
+				return
+			}
+			mu.Lock()
+			counts[addr] = [2]int{ok, refused}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	if err := <-errc; err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	t.Logf("%d swaps; allowed/refused: allowed %v, denied %v, flipping %v",
+		swaps, counts[allowed], counts[denied], counts[flipping])
+	if c := counts[allowed]; c[1] != 0 || c[0] == 0 {
+		t.Errorf("destination both tables allow: %d allowed, %d refused", c[0], c[1])
+	}
+	if c := counts[denied]; c[0] != 0 || c[1] == 0 {
+		t.Errorf("destination both tables deny: %d allowed, %d refused", c[0], c[1])
+	}
+	if c := counts[flipping]; c[0] == 0 || c[1] == 0 {
+		t.Errorf("destination one table denies: %d allowed, %d refused; want both", c[0], c[1])
+	}
+	if swaps < 5 {
+		t.Errorf("only %d table changes during the connects", swaps)
+	}
+	assertPendingEmpty(t, d)
+}
+
+// connectUntilEPERM connects until one is refused with EPERM and prints the
+// wall-clock time of that refusal in nanoseconds.
+func connectUntilEPERM(addr string) int {
+	deadline := time.Now().Add(10 * time.Second)
+	fmt.Println("ready")
+	for time.Now().Before(deadline) {
+		if errnoExit(rawConnect(addr, unix.SOCK_STREAM)) == exitEPERM {
+			fmt.Println(time.Now().UnixNano())
+			return exitOK
+		}
+	}
+	fmt.Fprintln(os.Stderr, "no EPERM within 10s")
+	return exitOther
+}
