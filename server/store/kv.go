@@ -56,6 +56,26 @@ func (n *Namespace) Set(key, value []byte) error {
 	return nil
 }
 
+// SetMany stores values[i] under keys[i], committing as few transactions
+// (and disk syncs) as badger's batch size allows. Every write is durable
+// when it returns nil; a crash during the call may keep only some of them.
+func (n *Namespace) SetMany(keys, values [][]byte) error {
+	if len(keys) != len(values) {
+		return fmt.Errorf("set many: %d keys but %d values", len(keys), len(values))
+	}
+	wb := n.db.NewWriteBatch()
+	defer wb.Cancel()
+	for i := range keys {
+		if err := wb.Set(n.key(keys[i]), bytes.Clone(values[i])); err != nil {
+			return fmt.Errorf("set %q: %w", keys[i], err)
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return fmt.Errorf("flush batch: %w", err)
+	}
+	return nil
+}
+
 // Delete removes key; deleting an absent key is not an error.
 func (n *Namespace) Delete(key []byte) error {
 	if err := n.db.Update(func(txn *badger.Txn) error { return txn.Delete(n.key(key)) }); err != nil {

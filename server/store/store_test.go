@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -245,6 +246,35 @@ func TestNamespace(t *testing.T) {
 	}
 	if v, ok, _ := b.Get([]byte("x/1")); !ok || string(v) != "other" {
 		t.Fatalf("other namespace: %q %v", v, ok)
+	}
+}
+
+func TestNamespaceSetMany(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Retention{})
+	ns := s.Namespace("a/")
+	var keys, values [][]byte
+	for i := range 5000 {
+		keys = append(keys, []byte(fmt.Sprintf("k/%05d", i)))
+		values = append(values, bytes.Repeat([]byte{byte(i)}, 4096))
+	}
+	must(t, ns.SetMany(keys, values))
+	if err := ns.SetMany(keys[:2], values[:1]); err == nil {
+		t.Errorf("SetMany with fewer values than keys succeeded")
+	}
+	s.Close()
+
+	s = open(t, dir, Retention{})
+	n := 0
+	must(t, s.Namespace("a/").Scan([]byte("k/"), func(k, v []byte) error {
+		if !bytes.Equal(v, values[n]) || string(k) != string(keys[n]) {
+			t.Fatalf("entry %d after reopen: %s, %d bytes", n, k, len(v))
+		}
+		n++
+		return nil
+	}))
+	if n != len(keys) {
+		t.Errorf("%d entries after reopen, want %d", n, len(keys))
 	}
 }
 
