@@ -95,13 +95,62 @@ func (e *Engine) storeChange(c evaluate.Change) error {
 	return e.putJSON(key, c)
 }
 
+// batchKV is a KV that stores many keys with few disk syncs, as
+// server/store.Namespace does; storeAgents uses it when the KV has it.
+type batchKV interface {
+	SetMany(keys, values [][]byte) error
+}
+
+// storeAgents stores the records of agents whose tables changed, with one
+// batch when the KV supports it: a policy change recompiles every agent's
+// table, and one synced write per agent would hold the change back by a
+// disk sync per agent.
+func (e *Engine) storeAgents(rs []*agentRecord) error {
+	bkv, ok := e.kv.(batchKV)
+	if !ok || len(rs) < 2 {
+		for _, r := range rs {
+			if err := e.storeAgent(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	keys, values := make([][]byte, len(rs)), make([][]byte, len(rs))
+	for i, r := range rs {
+		b, err := encodeAgent(r)
+		if err != nil {
+			return err
+		}
+		keys[i], values[i] = []byte(keyAgentPrefix+r.Name), b
+	}
+	if err := bkv.SetMany(keys, values); err != nil {
+		return fmt.Errorf("store agents: %w", err)
+	}
+	return nil
+}
+
 func (e *Engine) storeAgent(r *agentRecord) error {
+	b, err := encodeAgent(r)
+	if err != nil {
+		return err
+	}
+	if err := e.kv.Set([]byte(keyAgentPrefix+r.Name), b); err != nil {
+		return fmt.Errorf("store %s: %w", keyAgentPrefix+r.Name, err)
+	}
+	return nil
+}
+
+func encodeAgent(r *agentRecord) ([]byte, error) {
 	raw, err := proto.Marshal(r.Table)
 	if err != nil {
-		return fmt.Errorf("encode table of %s: %w", r.Name, err)
+		return nil, fmt.Errorf("encode table of %s: %w", r.Name, err)
 	}
 	r.TableRaw = raw
-	return e.putJSON(keyAgentPrefix+r.Name, r)
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", keyAgentPrefix+r.Name, err)
+	}
+	return b, nil
 }
 
 func cutKey(agent, peer string) string { return keyCutPrefix + agent + "|" + peer }

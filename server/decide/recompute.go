@@ -133,38 +133,60 @@ func (e *Engine) recompute(o *outbox, agents []string) error {
 		w = e.world()
 	}
 	sort.Strings(agents)
+	var changes []tableChange
 	for i, name := range agents {
 		if i > 0 && agents[i-1] == name {
 			continue
 		}
-		if err := e.recomputeAgent(o, w, name); err != nil {
-			return err
+		if c, ok := e.recomputeAgent(w, name); ok {
+			changes = append(changes, c)
 		}
 	}
-	return nil
+	return e.commitTables(o, changes)
 }
 
-func (e *Engine) recomputeAgent(o *outbox, w *policy.World, name string) error {
+// tableChange is an agent's recompiled table and the one it replaces (nil
+// before its first table).
+type tableChange struct {
+	r    *agentRecord
+	prev *vigilpb.VerdictTable
+}
+
+// recomputeAgent compiles an agent's table and installs it in memory when
+// it changed; commitTables stores and pushes it.
+func (e *Engine) recomputeAgent(w *policy.World, name string) (tableChange, bool) {
 	r, ok := e.agents[name]
 	if !ok {
-		return nil
+		return tableChange{}, false
 	}
 	next := policy.CompileAgent(e.policy, w, name)
 	prev := r.Table
 	if prev != nil {
 		next.Version = prev.Version
 		if proto.Equal(prev, next) {
-			return nil
+			return tableChange{}, false
 		}
 	}
 	next.Version++
 	r.Table = next
-	if err := e.storeAgent(r); err != nil {
+	return tableChange{r: r, prev: prev}, true
+}
+
+// commitTables stores the changed tables, then queues their diffs: no diff
+// reaches an agent before its table is durable.
+func (e *Engine) commitTables(o *outbox, changes []tableChange) error {
+	rs := make([]*agentRecord, len(changes))
+	for i, c := range changes {
+		rs[i] = c.r
+	}
+	if err := e.storeAgents(rs); err != nil {
 		return err
 	}
-	if prev != nil {
-		e.emitDiff(o, name, Diff(prev, next))
-		e.quarantineFlip(o, name, prev.Quarantined, next.Quarantined)
+	for _, c := range changes {
+		if c.prev != nil {
+			e.emitDiff(o, c.r.Name, Diff(c.prev, c.r.Table))
+			e.quarantineFlip(o, c.r.Name, c.prev.Quarantined, c.r.Table.Quarantined)
+		}
 	}
 	return nil
 }
