@@ -85,7 +85,7 @@ func (e *Env) startRealServer() (*realServer, error) {
 		return nil, err
 	}
 	cmd := exec.Command(filepath.Join(e.Bin, "vigil-server"), "--data-dir", filepath.Join(dir, "data"),
-		"--listen", s.addr, "--metrics", s.metrics, "--log-level", "warn")
+		"--listen", s.addr, "--metrics", s.metrics, "--log-level", "info")
 	if err := e.startProc(cmd, filepath.Join(dir, "server.log")); err != nil {
 		return nil, err
 	}
@@ -137,7 +137,7 @@ func (s *realServer) startAgent(name string, cg *Cgroup, extra ...string) (*real
 	})
 	args := append([]string{"--server", s.addr, "--token", tok.GetToken(), "--name", name,
 		"--data-dir", filepath.Join(s.dir, "agent-"+name), "--cgroup", cg.Path,
-		"--metrics", a.metrics, "--log-level", "warn"}, extra...)
+		"--metrics", a.metrics, "--log-level", "info"}, extra...)
 	a.cmd = exec.Command(agentBin, args...)
 	if err := s.e.startProc(a.cmd, filepath.Join(s.dir, "agent-"+name+".log")); err != nil {
 		return nil, err
