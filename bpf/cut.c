@@ -8,9 +8,16 @@
 #include "events.h"
 #include "scope.h"
 
-#define TCP_LISTEN_NR 10
-
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+/* live_state reports whether a socket in this state carries a connection
+ * to destroy: listeners, time-wait and request sockets have none, and are
+ * skipped before any map lookup (a busy host holds thousands of them). */
+static __always_inline bool live_state(__u8 state)
+{
+	return state != TCP_LISTEN && state != TCP_TIME_WAIT && state != TCP_CLOSE &&
+	       state != TCP_NEW_SYN_RECV;
+}
 
 /* iter/tcp: destroys matching sockets; writes one byte to the iterator's
  * output per destroyed socket, so the reader counts them. */
@@ -21,7 +28,7 @@ int vigil_cut(struct bpf_iter__tcp *ctx)
 	struct tcp_sock *tp;
 	__u8 peer[16], one = 1;
 
-	if (!skc || skc->skc_state == TCP_LISTEN_NR)
+	if (!skc || !live_state(skc->skc_state))
 		return 0;
 	if (skc->skc_family == AF_INET)
 		map_v4(peer, skc->skc_daddr);

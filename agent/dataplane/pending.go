@@ -115,7 +115,7 @@ func pendingEgress(rules []EgressRule, changed []int) (spanTable[bpfEgressRule],
 		if err != nil {
 			return spanTable[bpfEgressRule]{}, false, fmt.Errorf("egress rule %d: %w", r.RuleID, err)
 		}
-		if overridden(len(rules), j, func(k int) rulePlace { return egressPlace(rules[k]) }) {
+		if overridden(rules, j) {
 			continue
 		}
 		prefixes, out, ids = append(prefixes, r.Dest), append(out, c), append(ids, r.RuleID)
@@ -145,7 +145,7 @@ func pendingIngress(next Table, changed []int) (spanTable[bpfIngressRule], bool,
 			return spanTable[bpfIngressRule]{}, false, fmt.Errorf("ingress rule %d: %w", r.RuleID, err)
 		}
 		if !protects(next.ProtectedPorts, lo, hi, r.Proto) ||
-			overridden(len(next.Ingress), j, func(k int) rulePlace { return ingressPlace(next.Ingress[k]) }) {
+			overriddenPeer(next.Ingress, j) {
 			continue
 		}
 		prefixes, ids = append(prefixes, r.Peer), append(ids, r.RuleID)
@@ -179,12 +179,12 @@ type rulePlace struct {
 	verdict Verdict
 }
 
-func egressPlace(r EgressRule) rulePlace {
+func egressPlace(r *EgressRule) rulePlace {
 	lo, hi, _ := portRange(r.PortMin, r.PortMax)
 	return rulePlace{r.Dest, lo, hi, r.Proto, r.Verdict}
 }
 
-func ingressPlace(r IngressRule) rulePlace {
+func ingressPlace(r *IngressRule) rulePlace {
 	lo, hi, _ := portRange(r.PortMin, r.PortMax)
 	return rulePlace{r.Peer, lo, hi, r.Proto, r.Verdict}
 }
@@ -198,30 +198,45 @@ func trieView(p netip.Prefix) netip.Prefix {
 }
 
 // overridden reports whether some rule that does not deny can be judged
-// before rule d of n for a connection both match: a rule with a longer
-// prefix inside d's, or one with d's prefix earlier in the table. Subjects
-// are not compared, so a rule for other processes also counts. It runs
-// over the whole table, so the cheap checks come first.
-func overridden(n, d int, place func(int) rulePlace) bool {
-	dp := place(d)
-	dv := trieView(dp.prefix)
-	for k := range n {
-		r := place(k)
-		if k == d || r.verdict == VerdictDeny || r.hi < dp.lo || r.lo > dp.hi {
-			continue
-		}
-		if r.proto != ProtoAny && dp.proto != ProtoAny && r.proto != dp.proto {
-			continue
-		}
-		rv := trieView(r.prefix)
-		if rv.Bits() < dv.Bits() || rv.Bits() == dv.Bits() && k > d {
-			continue
-		}
-		if rv.Overlaps(dv) {
+// before rule d for a connection both match: a rule with a longer prefix
+// inside d's, or one with d's prefix earlier in the table. Subjects are not
+// compared, so a rule for other processes also counts. It runs over the
+// whole table while a deny waits, so the verdict is checked in place first.
+func overridden(rules []EgressRule, d int) bool {
+	dp := egressPlace(&rules[d])
+	for k := range rules {
+		if rules[k].Verdict != VerdictDeny && precedes(egressPlace(&rules[k]), k, dp, d) {
 			return true
 		}
 	}
 	return false
+}
+
+// overriddenPeer is overridden for inbound rules.
+func overriddenPeer(rules []IngressRule, d int) bool {
+	dp := ingressPlace(&rules[d])
+	for k := range rules {
+		if rules[k].Verdict != VerdictDeny && precedes(ingressPlace(&rules[k]), k, dp, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// precedes reports whether rule r at index k can be judged before rule d
+// at index di for a connection both match.
+func precedes(r rulePlace, k int, d rulePlace, di int) bool {
+	if k == di || r.hi < d.lo || r.lo > d.hi {
+		return false
+	}
+	if r.proto != ProtoAny && d.proto != ProtoAny && r.proto != d.proto {
+		return false
+	}
+	rv, dv := trieView(r.prefix), trieView(d.prefix)
+	if rv.Bits() < dv.Bits() || rv.Bits() == dv.Bits() && k > di {
+		return false
+	}
+	return rv.Overlaps(dv)
 }
 
 // overlayOf groups denies by prefix, each prefix holding its own denies
