@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -129,18 +130,20 @@ func withDefaults(cfg Config) Config {
 	return cfg
 }
 
-// PinPathFor returns the default pin directory of a scope: the cgroup path
-// below the cgroup v2 root, slashes turned into underscores ("root" for the
-// root itself), under /sys/fs/bpf/vigil.
+// PinPathFor returns the default pin directory of a scope under
+// /sys/fs/bpf/vigil: "root" for the cgroup v2 root, else "scope-" and the
+// cgroup path below the root, path-escaped. The escaping keeps distinct
+// scopes apart ("a/b" and "a_b" must never share pins, or cleaning one up
+// would lift the other's enforcement).
 func PinPathFor(cgroupPath string) string {
 	rel, err := filepath.Rel(DefaultCgroupRoot, filepath.Clean(cgroupPath))
 	if err != nil || strings.HasPrefix(rel, "..") {
 		rel = strings.Trim(filepath.Clean(cgroupPath), "/")
 	}
 	if rel == "." || rel == "" {
-		rel = "root"
+		return filepath.Join(DefaultPinRoot, "root")
 	}
-	return filepath.Join(DefaultPinRoot, strings.ReplaceAll(rel, "/", "_"))
+	return filepath.Join(DefaultPinRoot, "scope-"+url.PathEscape(rel))
 }
 
 // ensureBPFFS mounts bpffs at /sys/fs/bpf when nothing is mounted there.

@@ -96,8 +96,10 @@ func equalIDs(a, b []uint32) bool {
 func TestPinPathFor(t *testing.T) {
 	tests := []struct{ name, cgroup, want string }{
 		{"root", "/sys/fs/cgroup/unified", "/sys/fs/bpf/vigil/root"},
-		{"nested", "/sys/fs/cgroup/unified/a/b", "/sys/fs/bpf/vigil/a_b"},
-		{"trailing slash", "/sys/fs/cgroup/unified/svc/", "/sys/fs/bpf/vigil/svc"},
+		{"nested", "/sys/fs/cgroup/unified/a/b", "/sys/fs/bpf/vigil/scope-a%2Fb"},
+		{"underscore kept apart from nesting", "/sys/fs/cgroup/unified/a_b", "/sys/fs/bpf/vigil/scope-a_b"},
+		{"a cgroup named root", "/sys/fs/cgroup/unified/root", "/sys/fs/bpf/vigil/scope-root"},
+		{"trailing slash", "/sys/fs/cgroup/unified/svc/", "/sys/fs/bpf/vigil/scope-svc"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
