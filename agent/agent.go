@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -103,7 +105,8 @@ func withDefaults(cfg Config) Config {
 }
 
 // identity loads the saved credentials, or enrolls, retrying with backoff
-// while the server is unreachable.
+// while the server is unreachable. A refusal (a spent, expired or foreign
+// token, a taken name) is final: retrying it would only hide the problem.
 func identity(ctx context.Context, cfg Config) (*enroll.Credentials, error) {
 	dir := filepath.Join(cfg.DataDir, "identity")
 	creds, err := enroll.Load(dir)
@@ -120,7 +123,7 @@ func identity(ctx context.Context, cfg Config) (*enroll.Credentials, error) {
 	delay := 250 * time.Millisecond
 	for {
 		creds, err = enroll.Enroll(ctx, cfg.Server, cfg.Token, cfg.Name, dir)
-		if err == nil || errors.Is(err, enroll.ErrPinMismatch) || ctx.Err() != nil {
+		if err == nil || errors.Is(err, enroll.ErrPinMismatch) || refused(err) || ctx.Err() != nil {
 			return creds, err
 		}
 		cfg.Logger.Warn("enrollment failed, retrying", "err", err, "retry_in", delay)
@@ -131,6 +134,16 @@ func identity(ctx context.Context, cfg Config) (*enroll.Credentials, error) {
 		}
 		delay = min(2*delay, 30*time.Second)
 	}
+}
+
+// refused reports whether the server turned an enrollment down for good.
+func refused(err error) bool {
+	switch status.Code(err) {
+	case codes.InvalidArgument, codes.Unauthenticated, codes.FailedPrecondition,
+		codes.PermissionDenied, codes.AlreadyExists:
+		return true
+	}
+	return false
 }
 
 func closeDataplane(dp *dataplane.Dataplane, cfg Config, log *slog.Logger) {

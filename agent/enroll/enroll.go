@@ -43,7 +43,7 @@ var (
 	// ErrNotEnrolled means the identity directory holds no certificate yet.
 	ErrNotEnrolled = errors.New("agent is not enrolled")
 	// ErrPinMismatch means the server's chain does not hold the pinned CA.
-	ErrPinMismatch = errors.New("server chain does not contain the pinned ca")
+	ErrPinMismatch = errors.New("server ca does not match the token's pin: the token was created by another server")
 )
 
 // Token is a parsed enrollment token, "vgl1.<id>.<secret>.<ca-sha256-hex>".
