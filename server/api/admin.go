@@ -39,6 +39,9 @@ func (s *Server) RevokeAgent(ctx context.Context,
 	if err != nil {
 		return nil, s.internal("revoke agent", err)
 	}
+	if err := s.cfg.Engine.AgentRevoked(ctx, req.GetName()); err != nil {
+		return nil, s.engineErr("revoke agent", err)
+	}
 	s.log.Info("agent revoked", "agent", req.GetName(), "peer", identityFrom(ctx).String())
 	return &vigilpb.RevokeAgentResponse{}, nil
 }

@@ -316,6 +316,12 @@ func TestRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantCode(t, a.end(t), codes.PermissionDenied)
+	ts.engine.mu.Lock()
+	revoked := fmt.Sprint(ts.engine.revoked)
+	ts.engine.mu.Unlock()
+	if revoked != "[laptop]" {
+		t.Errorf("engine told of revocations %s, want [laptop]", revoked)
+	}
 
 	ts.stop()
 	ts = runServer(t, dir)

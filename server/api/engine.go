@@ -52,6 +52,9 @@ type Engine interface {
 	Cut(ctx context.Context, agent, peer string) error
 	// Restore removes peer from the agent's cut_peers.
 	Restore(ctx context.Context, agent, peer string) error
+	// AgentRevoked forgets a revoked agent: its addresses stop admitting it
+	// to any service and every other table is recompiled without it.
+	AgentRevoked(ctx context.Context, agent string) error
 }
 
 // Sink is how the engine reaches agents and the event record. The transport

@@ -36,6 +36,7 @@ type fakeEngine struct {
 	ingested []*vigilpb.Event
 	acked    map[string]uint64
 	cuts     []string
+	revoked  []string
 	version  uint64
 }
 
@@ -343,4 +344,11 @@ func batch(seqs ...uint64) *vigilpb.AgentMessage {
 		evs = append(evs, &vigilpb.Event{Seq: s, Kind: vigilpb.EventKind_EVENT_KIND_EXEC, Message: "exec"})
 	}
 	return &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Events{Events: &vigilpb.EventBatch{Events: evs}}}
+}
+
+func (e *fakeEngine) AgentRevoked(_ context.Context, agent string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.revoked = append(e.revoked, agent)
+	return nil
 }

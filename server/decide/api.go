@@ -152,6 +152,28 @@ func (e *Engine) agentOnline(o *outbox, agent string,
 	return proto.Clone(r.Table).(*vigilpb.VerdictTable), nil
 }
 
+// AgentRevoked forgets a revoked agent: its record, table and process
+// state go, so its addresses admit it to no service, and every other table
+// is recompiled without it. A later enrollment under the name starts anew.
+func (e *Engine) AgentRevoked(ctx context.Context, agent string) error {
+	o := e.lock()
+	err := e.agentRevoked(o, agent)
+	return joinErrs(err, e.unlock(o))
+}
+
+func (e *Engine) agentRevoked(o *outbox, agent string) error {
+	if _, ok := e.agents[agent]; !ok {
+		return nil
+	}
+	delete(e.agents, agent)
+	if err := e.kv.Delete([]byte(keyAgentPrefix + agent)); err != nil {
+		return fmt.Errorf("forget agent %s: %w", agent, err)
+	}
+	e.detect.Forget(agent)
+	e.rebuildWorld()
+	return e.recompute(o, e.allAgents())
+}
+
 // AgentOffline records that an agent's stream closed.
 func (e *Engine) AgentOffline(agent string) {
 	e.mu.Lock()

@@ -595,3 +595,22 @@ func TestFeedHashesArmedAtExec(t *testing.T) {
 		t.Errorf("feed hash still armed after the feed dropped it")
 	}
 }
+
+// TestRevokedAgentLosesAdmission checks that a revoked device's address no
+// longer admits it to the services it could reach.
+func TestRevokedAgentLosesAdmission(t *testing.T) {
+	f := newFixture(t)
+	if got := ingressVerdict(f.table("crm-host"), "10.1.0.2/32"); got != vigilpb.Verdict_VERDICT_ALLOW {
+		t.Fatalf("laptop admitted = %v before revocation, want allow", got)
+	}
+	if err := f.e.AgentRevoked(context.Background(), "laptop"); err != nil {
+		t.Fatal(err)
+	}
+	if got := ingressVerdict(f.table("crm-host"), "10.1.0.2/32"); got == vigilpb.Verdict_VERDICT_ALLOW {
+		t.Errorf("revoked laptop still admitted to crm")
+	}
+	f.reopen()
+	if got := ingressVerdict(f.table("crm-host"), "10.1.0.2/32"); got == vigilpb.Verdict_VERDICT_ALLOW {
+		t.Errorf("revoked laptop admitted again after a restart")
+	}
+}
