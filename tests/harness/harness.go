@@ -120,6 +120,13 @@ func (p *Proc) Stop(sig syscall.Signal) {
 	}
 }
 
+// Signal sends sig to the process without waiting (SIGSTOP and SIGCONT
+// pause and resume it).
+func (p *Proc) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
 func (p *Proc) Output() string {
 	b, _ := os.ReadFile(p.log)
 	return string(b)

@@ -42,7 +42,7 @@ func waitAllStored(t *testing.T, s *harness.Server, agent string, l *loop, denie
 	refused, passed := checkVerdicts(t, l, denied, allowed)
 	var dv, av map[string]int
 	var dups int
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		evs := events(t, s, agent)
 		dv, dups = connectTally(evs, l.pid(), denied)

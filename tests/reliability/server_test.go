@@ -142,15 +142,18 @@ func connectTally(evs []event, pid int, target string) (verdicts map[string]int,
 	return verdicts, dups
 }
 
-// agentRow returns the agents list row of name with its loss counter.
-func agentRow(t *testing.T, s *harness.Server, name string) (row struct {
+// agentState is the part of an agents list row the tests look at.
+type agentState struct {
 	Name         string `json:"name"`
 	Online       bool   `json:"online"`
 	Level        string `json:"level"`
 	Revoked      bool   `json:"revoked"`
 	EventsLost   uint64 `json:"eventsLost,string"`
 	TableVersion uint64 `json:"tableVersion,string"`
-}) {
+}
+
+// agentRow returns the agents list row of name.
+func agentRow(t *testing.T, s *harness.Server, name string) (row agentState) {
 	t.Helper()
 	var all struct {
 		Agents []json.RawMessage `json:"agents"`
