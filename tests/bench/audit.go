@@ -33,8 +33,8 @@ type auditd struct {
 // auditd -n (stopped at Close) when none runs. Its error says exactly why
 // audit is unavailable.
 func (e *Env) startAuditd() (*auditd, error) {
-	if _, err := exec.LookPath("auditctl"); err != nil {
-		return nil, fmt.Errorf("auditctl not installed (apt-get install -y auditd)")
+	if err := e.ensureTool("auditctl", "auditd"); err != nil {
+		return nil, err
 	}
 	st, err := auditStatus()
 	if err != nil {

@@ -104,7 +104,7 @@ func ConnectOverhead(e *Env, rep *Report) error {
 		return err
 	}
 	s := map[string]samples{"tcp": {}, "udp": {}}
-	for r := range e.rounds(7, 2) {
+	for r := range e.rounds(11, 2) {
 		if err := e.connectRound(cg, targets, s, r); err != nil {
 			return err
 		}
@@ -115,8 +115,8 @@ func ConnectOverhead(e *Env, rep *Report) error {
 
 // connectTargets creates a plain namespace and one per nftables size.
 func (e *Env) connectTargets() (map[string]connectTarget, error) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		return nil, fmt.Errorf("nft not installed (apt-get install -y nftables): %w", err)
+	if err := e.ensureTool("nft", "nftables"); err != nil {
+		return nil, err
 	}
 	out := map[string]connectTarget{}
 	add := func(variant, ruleset string) error {

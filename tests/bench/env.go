@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -173,4 +174,27 @@ func monoNow() int64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return ts.Nano()
+}
+
+// ensureTool installs Debian package pkg when command is not on PATH, as
+// the benchmark setup of the nftables and auditd comparisons.
+func (e *Env) ensureTool(command, pkg string) error {
+	if _, err := exec.LookPath(command); err == nil {
+		return nil
+	}
+	e.Log.Info("installing package", "package", pkg)
+	cmd := exec.Command("apt-get", "install", "-y", "--no-install-recommends", pkg)
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("apt-get install %s: %w: %s", pkg, err, lastLine(out))
+	}
+	if _, err := exec.LookPath(command); err != nil {
+		return fmt.Errorf("%s still missing after installing %s", command, pkg)
+	}
+	return nil
+}
+
+func lastLine(out []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1]
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -80,9 +81,18 @@ func (r *Row) judge() {
 	}
 }
 
-// Report collects the rows of a run.
+// Report collects the rows of a run and what the machine was doing.
 type Report struct {
-	Rows []Row `json:"rows"`
+	Machine map[string]string `json:"machine,omitempty"` // CPUs, kernel, load averages
+	Rows    []Row             `json:"rows"`
+}
+
+// Note records a fact about the machine or the run, printed above the table.
+func (rep *Report) Note(key, value string) {
+	if rep.Machine == nil {
+		rep.Machine = map[string]string{}
+	}
+	rep.Machine[key] = value
 }
 
 // Add judges r and appends it.
@@ -102,8 +112,11 @@ func (rep *Report) Failed() bool {
 	return slices.ContainsFunc(rep.Rows, func(r Row) bool { return r.Status == StatusFail })
 }
 
-// WriteTable prints the rows as an aligned text table.
+// WriteTable prints the machine notes and the rows as an aligned table.
 func (rep *Report) WriteTable(w io.Writer) error {
+	for _, k := range slices.Sorted(maps.Keys(rep.Machine)) {
+		fmt.Fprintf(w, "%s: %s\n", k, rep.Machine[k])
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SCENARIO\tVARIANT\tMETRIC\tVALUE\tRATIO\tTARGET\tRESULT")
 	for _, r := range rep.Rows {

@@ -2,7 +2,11 @@ package bench
 
 import (
 	"fmt"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,6 +29,8 @@ var Scenarios = []Scenario{
 // Env that is closed before the next starts. A scenario that fails adds an
 // unavailable row with its error and the run goes on.
 func Run(newEnv func() (*Env, error), only []string, rep *Report) error {
+	describeMachine(rep, "start")
+	defer describeMachine(rep, "end")
 	for _, sc := range Scenarios {
 		if len(only) > 0 && !slices.Contains(only, sc.Name) {
 			continue
@@ -44,4 +50,20 @@ func Run(newEnv func() (*Env, error), only []string, rep *Report) error {
 		e.Log.Info("scenario done", "scenario", sc.Name, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// describeMachine notes the CPU count, the kernel and the load average at
+// a point of the run: other work on the machine is the noise every ratio
+// carries.
+func describeMachine(rep *Report, when string) {
+	rep.Note("cpus", strconv.Itoa(runtime.NumCPU()))
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		rep.Note("kernel", strings.TrimSpace(string(b)))
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(b))
+		if len(f) >= 3 {
+			rep.Note("load average at "+when, strings.Join(f[:3], " "))
+		}
+	}
 }
