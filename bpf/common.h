@@ -217,6 +217,18 @@ struct cut_key {
 	__u16 pad;
 };
 
+/* conn_key names one TCP connection of a socket in scope, as netlink
+ * SOCK_DESTROY looks it up: addresses (IPv4-mapped for AF_INET sockets)
+ * and ports in host order. */
+struct conn_key {
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 family;		/* AF_INET or AF_INET6: the socket's family */
+	__u16 pad;
+};
+
 /* kill_target is a process to kill, by its start time. */
 struct kill_target {
 	__u64 start_ns;		/* task->start_time of the thread-group leader */

@@ -275,8 +275,39 @@ static __always_inline void sock_peer(const struct sock *sk, __u8 peer[16], __u8
 	__builtin_memcpy(local, &sk->__sk_common.skc_v6_rcv_saddr, 16);
 }
 
-/* tp_btf/inet_sock_set_state: reports inbound TCP connections established
- * on a socket in scope, with the ingress verdict that admitted them. */
+static __always_inline void conn_key_of(const struct sock *sk, struct conn_key *k)
+{
+	sock_peer(sk, k->remote, k->local);
+	k->family = sk->__sk_common.skc_family;
+	k->local_port = sk->__sk_common.skc_num;
+	k->remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
+}
+
+/* track_conn keeps scope_conns in step with the TCP sockets in scope. It
+ * returns whether sk has just been established in scope. */
+static __always_inline bool track_conn(const struct sock *sk, int newstate)
+{
+	struct conn_key k = {};
+	__u64 cookie;
+
+	if (sk->sk_protocol != IPPROTO_TCP_NR)
+		return false;
+	if (newstate == TCP_CLOSE) {
+		cookie = bpf_get_socket_cookie((void *)sk);
+		bpf_map_delete_elem(&scope_conns, &cookie);
+		return false;
+	}
+	if (newstate != TCP_ESTABLISHED_NR || !cgroup_in_scope(sk->sk_cgrp_data.cgroup))
+		return false;
+	conn_key_of(sk, &k);
+	cookie = bpf_get_socket_cookie((void *)sk);
+	bpf_map_update_elem(&scope_conns, &cookie, &k, BPF_ANY);
+	return true;
+}
+
+/* tp_btf/inet_sock_set_state: tracks the TCP connections of sockets in
+ * scope, and reports inbound ones as they are established, with the
+ * ingress verdict that admitted them. */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(vigil_sock_state, const struct sock *sk, const int oldstate, const int newstate)
 {
@@ -285,9 +316,7 @@ int BPF_PROG(vigil_sock_state, const struct sock *sk, const int oldstate, const 
 	__u8 peer[16], local[16];
 	__u16 lport;
 
-	if (oldstate != TCP_SYN_RECV_NR || newstate != TCP_ESTABLISHED_NR)
-		return 0;
-	if (!cgroup_in_scope(sk->sk_cgrp_data.cgroup))
+	if (!track_conn(sk, newstate) || oldstate != TCP_SYN_RECV_NR)
 		return 0;
 	sock_peer(sk, peer, local);
 	lport = sk->__sk_common.skc_num;

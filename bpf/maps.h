@@ -21,6 +21,7 @@
 #define MAX_RULE_SLOTS		(512 * 1024)
 #define MAX_PENDING_PREFIXES	256
 #define MAX_CUT_PEERS		4096
+#define MAX_TRACKED_CONNS	65536
 #define MAX_KILL_TARGETS	8192
 #define MAX_KILL_ON_EXEC	4096
 #define DEFAULT_RINGBUF_BYTES	(8 * 1024 * 1024)
@@ -195,6 +196,21 @@ struct {
 	__type(value, __u8);	/* CUT_BY_* */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cut_peers SEC(".maps");
+
+/* scope_conns: the established TCP connections of sockets in scope, so a
+ * cut resets them by their exact addresses before the iter/tcp walk of
+ * every socket. Socket cookie -> struct conn_key (keyed by cookie because
+ * a closing socket has already lost its local port). Writer:
+ * inet_sock_set_state (added at ESTABLISHED, removed at CLOSE). Reader:
+ * the agent (Cut). When full, new connections are left out and only the
+ * walk resets them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TRACKED_CONNS);
+	__type(key, __u64);	/* socket cookie */
+	__type(value, struct conn_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} scope_conns SEC(".maps");
 
 /* kill_targets: processes to kill at their next exec or fork, and whose
  * children to add when KILL_TREE is set. tgid -> struct kill_target.

@@ -13,6 +13,16 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfConnKey struct {
+	_          structs.HostLayout
+	Local      [16]uint8
+	Remote     [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Family     uint16
+	Pad        uint16
+}
+
 type bpfCutKey struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -207,6 +217,7 @@ const (
 	bpfMapKillTargets        = "kill_targets"
 	bpfMapScope              = "scope"
 	bpfMapScopeCgroup        = "scope_cgroup"
+	bpfMapScopeConns         = "scope_conns"
 	bpfMapSettings           = "settings"
 	bpfProgVigilConnect4     = "vigil_connect4"
 	bpfProgVigilConnect6     = "vigil_connect6"
@@ -303,6 +314,7 @@ type bpfMapSpecs struct {
 	KillTargets     *ebpf.MapSpec `ebpf:"kill_targets"`
 	Scope           *ebpf.MapSpec `ebpf:"scope"`
 	ScopeCgroup     *ebpf.MapSpec `ebpf:"scope_cgroup"`
+	ScopeConns      *ebpf.MapSpec `ebpf:"scope_conns"`
 	Settings        *ebpf.MapSpec `ebpf:"settings"`
 }
 
@@ -353,6 +365,7 @@ type bpfMaps struct {
 	KillTargets     *ebpf.Map `ebpf:"kill_targets"`
 	Scope           *ebpf.Map `ebpf:"scope"`
 	ScopeCgroup     *ebpf.Map `ebpf:"scope_cgroup"`
+	ScopeConns      *ebpf.Map `ebpf:"scope_conns"`
 	Settings        *ebpf.Map `ebpf:"settings"`
 }
 
@@ -372,6 +385,7 @@ func (m *bpfMaps) Close() error {
 		m.KillTargets,
 		m.Scope,
 		m.ScopeCgroup,
+		m.ScopeConns,
 		m.Settings,
 	)
 }

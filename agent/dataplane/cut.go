@@ -19,6 +19,12 @@ const (
 // p.Addr when p.Port is 0) and destroys the open TCP sockets to or from it;
 // their owners see ECONNABORTED and the peer a reset. The flow stays
 // blocked until Restore. It returns how many sockets were destroyed.
+//
+// Connections the kernel saw established in scope are reset first, each
+// by its exact addresses; a walk of every TCP socket then catches the rest
+// (sockets older than the data plane, or beyond what it tracks), so Cut
+// returns later than the first resets reach the peer. Cut never waits for
+// ApplyTable.
 func (d *Dataplane) Cut(p Peer) (int, error) {
 	key, err := cutKey(p)
 	if err != nil {
@@ -33,7 +39,7 @@ func (d *Dataplane) Cut(p Peer) (int, error) {
 	if err := d.recountCuts(); err != nil {
 		return 0, err
 	}
-	return d.destroySockets()
+	return d.resetPeers([]bpfCutKey{key})
 }
 
 // Restore lifts a cut of p, whichever way it was made.
@@ -80,13 +86,36 @@ func (d *Dataplane) syncTableCuts(peers []Peer) error {
 	if err := d.recountCuts(); err != nil {
 		return err
 	}
-	if added {
-		_, err = d.destroySockets()
+	if len(added) > 0 {
+		_, err = d.resetPeers(added)
 	}
 	return err
 }
 
-func (d *Dataplane) reconcileCuts(want map[bpfCutKey]bool) (bool, error) {
+// resetPeers destroys the open TCP sockets in scope with the cut peers
+// keys: the tracked connections by netlink, then the rest by the iter/tcp
+// walk. It returns how many sockets it destroyed. The caller holds
+// d.cutMu.
+func (d *Dataplane) resetPeers(keys []bpfCutKey) (int, error) {
+	var conns []trackedConn
+	for _, k := range keys {
+		c, err := d.trackedConns(k)
+		if err != nil {
+			return 0, err
+		}
+		conns = append(conns, c...)
+	}
+	n, err := resetConns(conns)
+	if err != nil {
+		return n, err
+	}
+	walked, err := d.destroySockets()
+	return n + walked, err
+}
+
+// reconcileCuts writes want's new entries and deletes the table's stale
+// ones; it returns the entries it added.
+func (d *Dataplane) reconcileCuts(want map[bpfCutKey]bool) ([]bpfCutKey, error) {
 	have := map[bpfCutKey]uint8{}
 	var k bpfCutKey
 	var origin uint8
@@ -95,24 +124,24 @@ func (d *Dataplane) reconcileCuts(want map[bpfCutKey]bool) (bool, error) {
 		have[k] = origin
 	}
 	if err := it.Err(); err != nil {
-		return false, fmt.Errorf("read cut_peers: %w", err)
+		return nil, fmt.Errorf("read cut_peers: %w", err)
 	}
 	for k, o := range have {
 		if o == cutByTable && !want[k] {
 			if err := d.objs.CutPeers.Delete(&k); err != nil {
-				return false, fmt.Errorf("delete cut_peers: %w", err)
+				return nil, fmt.Errorf("delete cut_peers: %w", err)
 			}
 		}
 	}
-	added := false
+	var added []bpfCutKey
 	for k := range want {
 		if _, ok := have[k]; ok {
 			continue
 		}
 		if err := d.objs.CutPeers.Put(&k, cutByTable); err != nil {
-			return false, fmt.Errorf("write cut_peers: %w", err)
+			return nil, fmt.Errorf("write cut_peers: %w", err)
 		}
-		added = true
+		added = append(added, k)
 	}
 	return added, nil
 }
