@@ -36,8 +36,8 @@ func init() {
 		err = serveAndClose(args)
 	case "flood":
 		err = flood(args)
-	case "hold":
-		err = holdConn(args)
+	case "named":
+		err = renamedDial(args)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
@@ -126,29 +126,6 @@ func flood(args []string) error {
 	}
 	fmt.Println("refused", refused)
 	return nil
-}
-
-// holdConn keeps one connection to args[0] open, reporting "connected"
-// and then "closed" when the kernel or the peer ends it.
-func holdConn(args []string) error {
-	c, err := net.DialTimeout("tcp", args[0], time.Second)
-	if err != nil {
-		return err
-	}
-	fmt.Println("connected")
-	buf := make([]byte, 1)
-	for {
-		c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-		if _, err := c.Write(buf); err != nil {
-			fmt.Println("closed")
-			return nil
-		}
-		var ne net.Error
-		if _, err := c.Read(buf); err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
-			fmt.Println("closed")
-			return nil
-		}
-	}
 }
 
 // workload returns the test binary in role, started inside cg and, when
