@@ -103,7 +103,7 @@ func ConnectOverhead(e *Env, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	s := map[string]samples{"tcp": {}, "udp": {}}
+	s := map[string]samples{"tcp": {}, "udp": {}, "tcp-cpu": {}, "udp-cpu": {}}
 	for r := range e.rounds(11, 2) {
 		if err := e.connectRound(cg, targets, s, r); err != nil {
 			return err
@@ -203,45 +203,60 @@ func (e *Env) connectSample(cg *Cgroup, t connectTarget, variant string, s map[s
 			n /= 4
 		}
 		target := fmt.Sprintf("127.0.0.1:%d", port)
-		ns, err := e.runSample(e.Worker(cg, "connect", proto, t.netns, target, strconv.Itoa(n)))
+		v, err := e.runSample(e.Worker(cg, "connect", proto, t.netns, target, strconv.Itoa(n)))
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", variant, proto, err)
 		}
-		s[proto].add(variant, ns)
+		s[proto].add(variant, v.wall)
+		s[proto+"-cpu"].add(variant, v.cpu)
 	}
 	return nil
 }
 
-// runSample runs a worker that prints one number and returns it.
-func (e *Env) runSample(cmd *exec.Cmd) (float64, error) {
+// sample is one worker's mean wall and CPU nanoseconds per operation.
+type sample struct{ wall, cpu float64 }
+
+// runSample runs a measuring worker and returns what it printed.
+func (e *Env) runSample(cmd *exec.Cmd) (sample, error) {
 	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("worker: %w", err)
+		return sample{}, fmt.Errorf("worker: %w", err)
 	}
-	v, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
-	if err != nil {
-		return 0, fmt.Errorf("worker output %q: %w", out, err)
+	var s sample
+	if _, err := fmt.Sscan(string(out), &s.wall, &s.cpu); err != nil {
+		return sample{}, fmt.Errorf("worker output %q: %w", out, err)
 	}
-	return v, nil
+	return s, nil
 }
 
+// connectRows reports wall and CPU time per operation of every variant,
+// against no agent and against nftables of the same size.
 func connectRows(rep *Report, s map[string]samples) {
 	for _, proto := range []string{"tcp", "udp"} {
-		scen, metric := "connect-"+proto, "ns/op"
-		rep.Add(s[proto].ratioRow(scen, "none", "", metric, "ns", nil))
-		for _, n := range tableSizes {
-			var t *Target
-			if n == 100_000 {
-				t = &Target{OnRatio: true, Max: true, Bound: 1.02}
+		for _, clock := range []string{"wall", "cpu"} {
+			key, metric := proto, "wall ns/op"
+			if clock == "cpu" {
+				key, metric = proto+"-cpu", "cpu ns/op"
 			}
-			rep.Add(s[proto].ratioRow(scen, sizeName("vigil", n), "none", metric, "ns", t))
+			connectClockRows(rep, s[key], "connect-"+proto, metric)
 		}
-		for _, n := range tableSizes {
-			rep.Add(s[proto].ratioRow(scen, sizeName("nft", n), "none", metric, "ns", nil))
+	}
+}
+
+func connectClockRows(rep *Report, s samples, scen, metric string) {
+	rep.Add(s.ratioRow(scen, "none", "", metric, "ns", nil))
+	for _, n := range tableSizes {
+		var t *Target
+		if n == 100_000 {
+			t = &Target{OnRatio: true, Max: true, Bound: 1.02}
 		}
-		for _, n := range tableSizes {
-			t := &Target{OnRatio: true, Max: true, Bound: 1}
-			rep.Add(s[proto].ratioRow(scen, sizeName("vigil", n), sizeName("nft", n), "vs nft", "ns", t))
-		}
+		rep.Add(s.ratioRow(scen, sizeName("vigil", n), "none", metric, "ns", t))
+	}
+	for _, n := range tableSizes {
+		rep.Add(s.ratioRow(scen, sizeName("nft", n), "none", metric, "ns", nil))
+	}
+	for _, n := range tableSizes {
+		t := &Target{OnRatio: true, Max: true, Bound: 1}
+		rep.Add(s.ratioRow(scen, sizeName("vigil", n), sizeName("nft", n), metric+" vs nft", "ns", t))
 	}
 }

@@ -30,7 +30,7 @@ func ObserveOverhead(e *Env, rep *Report) error {
 		variants = append(variants, "auditd")
 	}
 
-	s := map[string]samples{"exec": {}, "tcp": {}}
+	s := map[string]samples{"exec": {}, "tcp": {}, "exec-cpu": {}, "tcp-cpu": {}}
 	for range e.rounds(9, 2) {
 		rand.Shuffle(len(variants), func(i, j int) { variants[i], variants[j] = variants[j], variants[i] })
 		for _, v := range variants {
@@ -65,27 +65,37 @@ func (e *Env) observeSample(cg *Cgroup, variant string, audit *auditd, tcp int, 
 	if err != nil {
 		return fmt.Errorf("%s exec: %w", variant, err)
 	}
-	s["exec"].add(variant, v)
+	s["exec"].add(variant, v.wall)
+	s["exec-cpu"].add(variant, v.cpu)
 	target := fmt.Sprintf("127.0.0.1:%d", tcp)
 	v, err = e.runSample(e.Worker(cg, "connect", "tcp", "-", target, strconv.Itoa(e.rounds(4000, 1000))))
 	if err != nil {
 		return fmt.Errorf("%s connect: %w", variant, err)
 	}
-	s["tcp"].add(variant, v)
+	s["tcp"].add(variant, v.wall)
+	s["tcp-cpu"].add(variant, v.cpu)
 	return nil
 }
 
 func observeRows(rep *Report, s map[string]samples, auditErr error) {
 	for _, op := range []string{"exec", "tcp"} {
-		scen := "observe-" + op
-		rep.Add(s[op].ratioRow(scen, "none", "", "ns/op", "ns", nil))
-		rep.Add(s[op].ratioRow(scen, "vigil", "none", "ns/op", "ns",
-			&Target{OnRatio: true, Max: true, Bound: 1.05}))
-		if auditErr != nil {
-			rep.Unavailable(scen, "auditd", "ns/op", auditErr.Error())
-			continue
+		for _, clock := range []string{"wall", "cpu"} {
+			key, metric := op, "wall ns/op"
+			if clock == "cpu" {
+				key, metric = op+"-cpu", "cpu ns/op"
+			}
+			observeClockRows(rep, s[key], "observe-"+op, metric, auditErr)
 		}
-		rep.Add(s[op].ratioRow(scen, "auditd", "none", "ns/op", "ns", nil))
-		rep.Add(s[op].ratioRow(scen, "vigil", "auditd", "vs auditd", "ns", nil))
 	}
+}
+
+func observeClockRows(rep *Report, s samples, scen, metric string, auditErr error) {
+	rep.Add(s.ratioRow(scen, "none", "", metric, "ns", nil))
+	rep.Add(s.ratioRow(scen, "vigil", "none", metric, "ns", &Target{OnRatio: true, Max: true, Bound: 1.05}))
+	if auditErr != nil {
+		rep.Unavailable(scen, "auditd", metric, auditErr.Error())
+		return
+	}
+	rep.Add(s.ratioRow(scen, "auditd", "none", metric, "ns", nil))
+	rep.Add(s.ratioRow(scen, "vigil", "auditd", metric+" vs auditd", "ns", nil))
 }

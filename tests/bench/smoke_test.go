@@ -148,8 +148,8 @@ func TestWorkersAndCleanup(t *testing.T) {
 	for proto, port := range map[string]int{"tcp": tcp, "udp": udp} {
 		target := "127.0.0.1:" + strconv.Itoa(port)
 		v, err := e.runSample(e.Worker(cg, "connect", proto, ns, target, "200"))
-		if err != nil || v <= 0 {
-			t.Errorf("%s worker: %v ns/op, %v", proto, v, err)
+		if err != nil || v.wall <= 0 || v.cpu <= 0 || v.cpu > 2*v.wall {
+			t.Errorf("%s worker: %+v ns/op, %v", proto, v, err)
 		}
 	}
 
