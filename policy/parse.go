@@ -500,6 +500,17 @@ func (ps *parser) ruleChecks(n *yaml.Node, path string, r *Rule, action string) 
 	if len(r.Services) == 0 && len(r.Destinations) == 0 {
 		ps.errAt(n, path, "rule reaches nothing: set services or destinations")
 	}
+	// A destination without a protocol takes the stricter reading: an allow
+	// admits TCP only, a deny refuses TCP and UDP alike.
+	for i := range r.Destinations {
+		if r.Destinations[i].Protocol != vigilpb.Protocol_PROTOCOL_UNSPECIFIED {
+			continue
+		}
+		r.Destinations[i].Protocol = vigilpb.Protocol_PROTOCOL_ANY
+		if r.Allow {
+			r.Destinations[i].Protocol = vigilpb.Protocol_PROTOCOL_TCP
+		}
+	}
 	h := fnv.New32a()
 	h.Write([]byte(r.Name))
 	r.ID = h.Sum32()&0x7fffffff | 1
@@ -541,7 +552,7 @@ func (ps *parser) checkSHA256(n *yaml.Node, path, v string) bool {
 }
 
 func (ps *parser) destination(n *yaml.Node, path string) Destination {
-	d := Destination{Protocol: vigilpb.Protocol_PROTOCOL_TCP}
+	var d Destination // the protocol defaults by the rule's action, in ruleChecks
 	ps.mapping(n, path, []field{
 		{"cidrs", true, func(n *yaml.Node, path string) {
 			ps.list(n, path, func(c *yaml.Node, cp string) {
