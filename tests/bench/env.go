@@ -20,7 +20,7 @@ const cgroupRoot = "/sys/fs/cgroup/unified"
 
 // Env is what a scenario runs in: its options, a logger, and the cleanups
 // of everything it created. Scenarios run one at a time; Env is not safe
-// for concurrent use except Defer.
+// for concurrent use except Defer and Close.
 type Env struct {
 	Log   *slog.Logger
 	Quick bool   // fewer rounds and smaller samples, for smoke runs
@@ -28,6 +28,7 @@ type Env struct {
 	Self  string // this executable, re-executed for workers
 	Keep  bool   // keep data directories and logs of the real binaries
 
+	closing  sync.Mutex // held while Close runs, so a second Close waits for the first
 	mu       sync.Mutex
 	cleanups []func() // guarded by mu; run last first by Close
 }
@@ -48,8 +49,11 @@ func (e *Env) Defer(f func()) {
 	e.cleanups = append(e.cleanups, f)
 }
 
-// Close runs the cleanups, last registered first.
+// Close runs the cleanups, last registered first. A Close while another
+// runs (an interrupt) returns when the first is done.
 func (e *Env) Close() {
+	e.closing.Lock()
+	defer e.closing.Unlock()
 	e.mu.Lock()
 	fns := e.cleanups
 	e.cleanups = nil
@@ -132,7 +136,7 @@ func (e *Env) removeCgroup(cg *Cgroup) {
 // CLONE_INTO_CGROUP), so not one instruction runs outside it.
 func (cg *Cgroup) Command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.fd}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.fd, Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 
@@ -144,6 +148,7 @@ func (e *Env) Worker(cg *Cgroup, mode string, args ...string) *exec.Cmd {
 		cmd = cg.Command(e.Self, args...)
 	} else {
 		cmd = exec.Command(e.Self, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	}
 	cmd.Env = append(os.Environ(), workerEnv+"="+mode)
 	cmd.Stderr = os.Stderr

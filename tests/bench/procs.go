@@ -46,12 +46,15 @@ func freeAddr() (string, error) {
 }
 
 // startProc starts cmd with its output in logPath and stops it at Close.
+// It replaces cmd.SysProcAttr.
 func (e *Env) startProc(cmd *exec.Cmd, logPath string) error {
 	f, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = f, f
+	// Should this program die without cleaning up, the kernel kills it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("start %s: %w", filepath.Base(cmd.Path), err)

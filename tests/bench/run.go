@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,20 +36,39 @@ func Run(newEnv func() (*Env, error), only []string, rep *Report) error {
 		if len(only) > 0 && !slices.Contains(only, sc.Name) {
 			continue
 		}
-		e, err := newEnv()
-		if err != nil {
+		if err := runOne(sc, newEnv, rep); err != nil {
 			return err
 		}
-		start := time.Now()
-		e.Log.Info("scenario start", "scenario", sc.Name)
-		err = sc.Run(e, rep)
-		e.Close()
-		if err != nil {
-			e.Log.Error("scenario failed", "scenario", sc.Name, "err", err)
-			rep.Unavailable(sc.Name, "-", "-", fmt.Sprintf("scenario failed: %v", err))
-		}
-		e.Log.Info("scenario done", "scenario", sc.Name, "took", time.Since(start).Round(time.Millisecond))
 	}
+	return nil
+}
+
+// current is the Env of the running scenario, for Interrupt.
+var current atomic.Pointer[Env]
+
+// Interrupt cleans up after the running scenario, for a signal handler
+// that exits next.
+func Interrupt() {
+	if e := current.Load(); e != nil {
+		e.Close()
+	}
+}
+
+func runOne(sc Scenario, newEnv func() (*Env, error), rep *Report) error {
+	e, err := newEnv()
+	if err != nil {
+		return err
+	}
+	current.Store(e)
+	defer func() { current.Store(nil); e.Close() }()
+
+	start := time.Now()
+	e.Log.Info("scenario start", "scenario", sc.Name)
+	if err := sc.Run(e, rep); err != nil {
+		e.Log.Error("scenario failed", "scenario", sc.Name, "err", err)
+		rep.Unavailable(sc.Name, "-", "-", fmt.Sprintf("scenario failed: %v", err))
+	}
+	e.Log.Info("scenario done", "scenario", sc.Name, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/vigilsec/vigil/tests/bench"
 )
@@ -49,6 +51,16 @@ func run(log *slog.Logger, only string, quick bool, out string, md bool, bin str
 	if only != "" {
 		names = strings.Split(only, ",")
 	}
+
+	// An interrupt still removes what the running scenario set up.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		log.Warn("interrupted, cleaning up", "signal", sig.String())
+		bench.Interrupt()
+		os.Exit(130)
+	}()
 
 	// Scenarios: each in its own environment, cleaned up before the next.
 	rep := &bench.Report{}
