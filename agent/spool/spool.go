@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
 	"google.golang.org/protobuf/proto"
@@ -327,7 +328,7 @@ func (s *Spool) readSegment(seg segment, after uint64, max int) ([]*vigilpb.Even
 		}
 		ev := &vigilpb.Event{}
 		if err := proto.Unmarshal(payload, ev); err != nil {
-			return nil, fmt.Errorf("decode spool record %d: %w", seq, err)
+			ev = unreadable(seq)
 		}
 		out = append(out, ev)
 		s.cursor = cursor{seq: seq, path: seg.path, offset: off}
@@ -373,6 +374,14 @@ func (s *Spool) reopenNewest() error {
 	}
 	s.cur = f
 	return nil
+}
+
+// unreadable stands in for a record whose checksum holds but whose payload
+// does not decode: a loss event under the record's sequence number, so the
+// loss is reported and the events after it are still sent.
+func unreadable(seq uint64) *vigilpb.Event {
+	return &vigilpb.Event{Seq: seq, Kind: vigilpb.EventKind_EVENT_KIND_LOSS, Lost: 1,
+		TimeUnixNano: time.Now().UnixNano(), Message: "spool record unreadable"}
 }
 
 // scanSegment reads a segment's records and truncates it after the last
