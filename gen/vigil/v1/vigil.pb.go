@@ -1792,9 +1792,14 @@ func (x *Posture) GetHardware() string {
 type EventBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// events are the observations; sequence numbers are consecutive per agent.
-	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// dropped_through, when set, says the agent dropped every event up to and
+	// including this sequence number before sending it (its spool overflowed
+	// or a record was corrupt): the server counts them lost and no longer
+	// waits for them. The agent's loss event reports how many there were.
+	DroppedThrough uint64 `protobuf:"varint,2,opt,name=dropped_through,json=droppedThrough,proto3" json:"dropped_through,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *EventBatch) Reset() {
@@ -1832,6 +1837,13 @@ func (x *EventBatch) GetEvents() []*Event {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *EventBatch) GetDroppedThrough() uint64 {
+	if x != nil {
+		return x.DroppedThrough
+	}
+	return 0
 }
 
 // EventsAck tells the agent its events up to seq are stored and may be
@@ -4730,10 +4742,11 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\rprocess_count\x18\n" +
 	" \x01(\rR\fprocessCount\x12#\n" +
 	"\rprocess_names\x18\v \x03(\tR\fprocessNames\x12\x1a\n" +
-	"\bhardware\x18\f \x01(\tR\bhardware\"5\n" +
+	"\bhardware\x18\f \x01(\tR\bhardware\"^\n" +
 	"\n" +
 	"EventBatch\x12'\n" +
-	"\x06events\x18\x01 \x03(\v2\x0f.vigil.v1.EventR\x06events\"\x1d\n" +
+	"\x06events\x18\x01 \x03(\v2\x0f.vigil.v1.EventR\x06events\x12'\n" +
+	"\x0fdropped_through\x18\x02 \x01(\x04R\x0edroppedThrough\"\x1d\n" +
 	"\tEventsAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x8e\x03\n" +
 	"\aProcess\x12\x10\n" +
