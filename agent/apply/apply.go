@@ -45,6 +45,12 @@ type Kernel interface {
 	// ApplyTable replaces the kernel's table atomically; on error the
 	// previous table stays in force.
 	ApplyTable(t dataplane.Table) error
+	// PendDenies puts into force at once the denies of rules about to be
+	// appended to the kernel's table, those no allow can precede; the next
+	// ApplyTable or ClearPending removes them.
+	PendDenies(egress []dataplane.EgressRule, ingress []dataplane.IngressRule) (int, error)
+	// ClearPending removes the denies of PendDenies.
+	ClearPending() error
 	// Kill kills the process (pid, start time), and its descendants when
 	// tree is set; it returns an error wrapping ErrNoProcess when it is gone.
 	Kill(pid uint32, startNs uint64, tree bool) error
@@ -192,7 +198,40 @@ func (a *Applier) ApplyDiff(d *vigilpb.TableDiff) (*vigilpb.TableAck, error) {
 		return nil, fmt.Errorf("diff %d->%d, held %d: %w",
 			d.BaseVersion, d.Version, a.table.Version, ErrStaleBase)
 	}
-	return a.replace(applyDiff(a.table, d)), nil
+	a.pendDenies(d)
+	ack := a.replace(applyDiff(a.table, d))
+	if err := a.cfg.Kernel.ClearPending(); err != nil && ack.Error == "" {
+		ack.Error = "enforced, but pending denies not cleared: " + err.Error()
+	}
+	return ack, nil
+}
+
+// pendDenies hands the kernel the rules d appends before the whole table
+// is built and translated, which takes long for a large table, so the
+// denies among them are in force at once. It does so only online: offline
+// tables are rewritten for the fail mode. Whatever fails here is left to
+// the whole table's write, which reports it.
+func (a *Applier) pendDenies(d *vigilpb.TableDiff) {
+	if !a.online {
+		return
+	}
+	tr := translator{res: a.cfg.Resolver, scope: a.cfg.Scope, used: map[dataplane.ExecIdentity]bool{}}
+	var egress []dataplane.EgressRule
+	for _, e := range d.EgressAdded {
+		rules, err := tr.egress(e)
+		if err != nil {
+			return
+		}
+		egress = append(egress, rules...)
+	}
+	var in []dataplane.IngressRule
+	if !d.SetProtectedPorts {
+		var err error
+		if in, err = ingress(d.IngressAdded); err != nil {
+			return
+		}
+	}
+	_, _ = a.cfg.Kernel.PendDenies(egress, in)
 }
 
 // OnExec is called for every exec the event loop sees. When the fresh hash

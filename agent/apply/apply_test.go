@@ -25,7 +25,7 @@ type recordingKernel struct {
 	tables   []dataplane.Table
 	kills    []string
 	cuts     []dataplane.Peer
-	calls    []string // "table", "cut", "restore", in call order
+	calls    []string // "table", "cut", "restore", "pend E+I", "clear", in call order
 	failNext error
 	live     map[uint32]uint64 // pid -> start time
 }
@@ -39,6 +39,20 @@ func (k *recordingKernel) ApplyTable(t dataplane.Table) error {
 	}
 	k.tables = append(k.tables, t)
 	k.calls = append(k.calls, "table")
+	return nil
+}
+
+func (k *recordingKernel) PendDenies(eg []dataplane.EgressRule, in []dataplane.IngressRule) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls = append(k.calls, fmt.Sprintf("pend %d+%d", len(eg), len(in)))
+	return len(eg) + len(in), nil
+}
+
+func (k *recordingKernel) ClearPending() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls = append(k.calls, "clear")
 	return nil
 }
 
@@ -387,6 +401,45 @@ func TestCutActsBeforeTableWrite(t *testing.T) {
 	}
 	if cut := f.k.last(t).Cut; len(cut) != 0 {
 		t.Errorf("table cut peers after restore: %v", cut)
+	}
+}
+
+// TestDiffDeniesGoFirst checks that the rules a diff adds reach the kernel
+// before the whole table, only while online, and that pending denies are
+// cleared after the table whether it was applied or refused.
+func TestDiffDeniesGoFirst(t *testing.T) {
+	added := []*vigilpb.EgressEntry{entry(40, "192.0.2.1/32", vigilpb.Verdict_VERDICT_DENY, nil)}
+	tests := []struct {
+		name    string
+		online  bool
+		diff    *vigilpb.TableDiff
+		want    []string
+		wantErr string
+	}{
+		{"online", true, &vigilpb.TableDiff{EgressAdded: added},
+			[]string{"pend 1+0", "table", "clear"}, ""},
+		{"offline waits for the table", false, &vigilpb.TableDiff{EgressAdded: added},
+			[]string{"table", "clear"}, ""},
+		{"refused table clears", true, &vigilpb.TableDiff{EgressAdded: added, CutPeersAdded: []string{"nope"}},
+			[]string{"pend 1+0", "clear"}, "cut_peers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.a.ApplyTable(baseTable())
+			if err := f.a.SetOnline(tt.online); err != nil {
+				t.Fatal(err)
+			}
+			f.k.calls = nil
+			tt.diff.BaseVersion, tt.diff.Version = 1, 2
+			ack, err := f.a.ApplyDiff(tt.diff)
+			if err != nil || !strings.Contains(ack.Error, tt.wantErr) || (tt.wantErr == "") != (ack.Error == "") {
+				t.Fatalf("ack %v, err %v; want error ~%q", ack, err, tt.wantErr)
+			}
+			if !slices.Equal(f.k.calls, tt.want) {
+				t.Errorf("kernel calls %v, want %v", f.k.calls, tt.want)
+			}
+		})
 	}
 }
 

@@ -52,8 +52,9 @@ type Dataplane struct {
 	caps  Capabilities // read-only after Open
 	scope *os.File     // the scope directory, kept open for the cgroup array
 
-	mu   sync.Mutex // serializes table writes: verdict tables, overlays, kill_on_exec
-	last *Table     // the rules in force after this Open's last ApplyTable; guarded by mu
+	mu      sync.Mutex // serializes table writes: verdict tables, overlays, kill_on_exec
+	last    *Table     // the rules in force after this Open's last ApplyTable; guarded by mu
+	pending int        // overlay entries written since they were last emptied; guarded by mu
 
 	cutMu  sync.Mutex // serializes writes of cut_peers and scope, never held across a swap
 	killMu sync.Mutex // serializes kills

@@ -264,7 +264,8 @@ func (d *Dataplane) writePending(p pendingDenies) error {
 	if p.entries() == 0 {
 		return nil
 	}
-	if err := d.setPendingCount(uint32(p.entries())); err != nil {
+	d.pending += p.entries()
+	if err := d.setPendingCount(uint32(d.pending)); err != nil {
 		return err
 	}
 	for i, key := range p.egress.keys {
@@ -292,7 +293,132 @@ func (d *Dataplane) clearPending() error {
 	if err := d.setPendingCount(0); err != nil {
 		return err
 	}
-	return errors.Join(emptyTrie(d.objs.EgressPending), emptyTrie(d.objs.IngressPending))
+	err := errors.Join(emptyTrie(d.objs.EgressPending), emptyTrie(d.objs.IngressPending))
+	if err == nil {
+		d.pending = 0
+	}
+	return err
+}
+
+// PendDenies puts into force, at once, the denies of a table that is still
+// to be built and applied: the table in force with some rules removed and
+// egress and ingress appended. It is for callers whose own work before
+// ApplyTable (translating a large table) would hold a new deny back. A
+// deny goes into the overlays only when no allow or audit rule of the
+// table in force or of the appended ones, with the same or a longer
+// prefix, overlaps it, whatever their order; an ingress deny must also lie
+// inside a port range the table in force protects, so the caller must pass
+// none when the protected ranges change. The rest wait for ApplyTable.
+//
+// The denies stay until the next ApplyTable ends, or ClearPending; the
+// caller must make one of them follow. It returns how many denies it put
+// in force; before the first ApplyTable of this Open it puts none.
+func (d *Dataplane) PendDenies(egress []EgressRule, ingress []IngressRule) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if d.last == nil {
+		return 0, nil
+	}
+	p, ok, err := d.appendedDenies(egress, ingress)
+	if err != nil || !ok {
+		return 0, err
+	}
+	if err := d.writePending(p); err != nil {
+		return 0, errors.Join(err, d.clearPending())
+	}
+	return len(p.egress.rules) + len(p.ingress.rules), nil
+}
+
+// ClearPending empties the overlays of the denies PendDenies put there,
+// when the table they came from will not be applied.
+func (d *Dataplane) ClearPending() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if d.pending == 0 {
+		return nil
+	}
+	return d.clearPending()
+}
+
+// appendedDenies selects the denies among rules to be appended to the
+// table in force that no allow or audit rule can precede. The caller holds
+// d.mu.
+func (d *Dataplane) appendedDenies(egress []EgressRule, ingress []IngressRule) (pendingDenies, bool, error) {
+	var p pendingDenies
+	var prefixes []netip.Prefix
+	var eg []bpfEgressRule
+	var ids []uint32
+	for _, r := range egress {
+		if r.Verdict != VerdictDeny {
+			continue
+		}
+		c, err := compileEgressRule(r)
+		if err != nil {
+			return p, false, fmt.Errorf("egress rule %d: %w", r.RuleID, err)
+		}
+		dp := egressPlace(&r)
+		if overriddenBy(d.last.Egress, dp) || overriddenBy(egress, dp) {
+			continue
+		}
+		prefixes, eg, ids = append(prefixes, r.Dest), append(eg, c), append(ids, r.RuleID)
+	}
+	var ok bool
+	var err error
+	if p.egress, ok, err = overlayOf(prefixes, eg, ids); !ok || err != nil {
+		return p, false, err
+	}
+	p.ingress, ok, err = d.appendedPeerDenies(ingress)
+	return p, ok, err
+}
+
+func (d *Dataplane) appendedPeerDenies(ingress []IngressRule) (spanTable[bpfIngressRule], bool, error) {
+	var prefixes []netip.Prefix
+	var out []bpfIngressRule
+	var ids []uint32
+	for _, r := range ingress {
+		if r.Verdict != VerdictDeny {
+			continue
+		}
+		lo, hi, err := portRange(r.PortMin, r.PortMax)
+		if err == nil {
+			err = checkProtoVerdict(r.Proto, r.Verdict)
+		}
+		if err != nil {
+			return spanTable[bpfIngressRule]{}, false, fmt.Errorf("ingress rule %d: %w", r.RuleID, err)
+		}
+		dp := ingressPlace(&r)
+		if !protects(d.last.ProtectedPorts, lo, hi, r.Proto) ||
+			overriddenPeerBy(d.last.Ingress, dp) || overriddenPeerBy(ingress, dp) {
+			continue
+		}
+		prefixes, ids = append(prefixes, r.Peer), append(ids, r.RuleID)
+		out = append(out, bpfIngressRule{RuleId: r.RuleID, PortMin: lo, PortMax: hi,
+			Proto: uint8(r.Proto), Verdict: uint8(r.Verdict)})
+	}
+	return overlayOf(prefixes, out, ids)
+}
+
+// overriddenBy reports whether an allow or audit rule among rules, of d's
+// prefix or a longer one, overlaps d, in any order.
+func overriddenBy(rules []EgressRule, d rulePlace) bool {
+	for k := range rules {
+		if rules[k].Verdict != VerdictDeny && precedes(egressPlace(&rules[k]), 0, d, 1) {
+			return true
+		}
+	}
+	return false
+}
+
+// overriddenPeerBy is overriddenBy for inbound rules.
+func overriddenPeerBy(rules []IngressRule, d rulePlace) bool {
+	for k := range rules {
+		if rules[k].Verdict != VerdictDeny && precedes(ingressPlace(&rules[k]), 0, d, 1) {
+			return true
+		}
+	}
+	return false
 }
 
 // emptyTrie deletes every key of an overlay, listing them first.

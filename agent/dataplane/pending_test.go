@@ -294,3 +294,62 @@ func BenchmarkPendingDenies(b *testing.B) {
 			})
 	}
 }
+
+// TestPendDenies checks that denies handed over ahead of their table are
+// enforced at once unless an allow could precede them, and leave with
+// ClearPending or the next ApplyTable.
+func TestPendDenies(t *testing.T) {
+	d, cg := openScoped(t, Config{})
+	target := listenTCP(t, "127.0.0.1:0")
+	shielded := listenTCP(t, "127.0.0.1:0")
+	base := Table{Egress: []EgressRule{portRule(1, "127.0.0.1/32", shielded.Port(), ProtoTCP, VerdictAllow)}}
+	if n, err := d.PendDenies([]EgressRule{portRule(2, "127.0.0.0/8", 0, ProtoTCP, VerdictDeny)}, nil); err != nil || n != 0 {
+		t.Fatalf("before any table: %d denies, %v; want none", n, err)
+	}
+	if err := d.ApplyTable(base); err != nil {
+		t.Fatal(err)
+	}
+	deny := portRule(3, "127.0.0.0/8", target.Port(), ProtoTCP, VerdictDeny)
+	tests := []struct {
+		name   string
+		egress []EgressRule
+		want   int
+	}{
+		{"deny no allow precedes", []EgressRule{deny}, 1},
+		{"deny under an allow in force", []EgressRule{portRule(4, "127.0.0.0/8", shielded.Port(), ProtoTCP, VerdictDeny)}, 0},
+		{"deny under an appended allow", []EgressRule{deny, portRule(5, "127.0.0.1/32", 0, ProtoAny, VerdictAllow)}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := d.PendDenies(tt.egress, nil)
+			if err != nil || n != tt.want {
+				t.Fatalf("PendDenies: %d, %v; want %d", n, err, tt.want)
+			}
+			want := exitOK
+			if tt.want > 0 {
+				want = exitEPERM
+			}
+			if got := runHelperExit(t, cg, "connect", target.String()); got != want {
+				t.Errorf("connect to the deny's target: exit %d, want %d", got, want)
+			}
+			if got := runHelperExit(t, cg, "connect", shielded.String()); got != exitOK {
+				t.Errorf("connect the allow admits: exit %d, want success", got)
+			}
+			if err := d.ClearPending(); err != nil {
+				t.Fatal(err)
+			}
+			assertPendingEmpty(t, d)
+		})
+	}
+
+	if _, err := d.PendDenies([]EgressRule{deny}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ApplyTable(base); err != nil {
+		t.Fatal(err)
+	}
+	assertPendingEmpty(t, d)
+	if got := runHelperExit(t, cg, "connect", target.String()); got != exitOK {
+		t.Errorf("connect after a table without the deny: exit %d, want success", got)
+	}
+}

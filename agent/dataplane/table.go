@@ -41,6 +41,9 @@ const (
 // restored, while peers cut by Cut stay cut until Restore. ApplyTable never
 // delays Cut, Restore or Kill.
 //
+// Denies put in force by PendDenies stay until this call ends, whether the
+// table goes live or is refused.
+//
 // BUG: a table that fails only the whole-table limits (rules per prefix,
 // prefixes, rule slots) is refused after its new denies were briefly in
 // force, for as long as the compile took.
@@ -48,20 +51,26 @@ func (d *Dataplane) ApplyTable(t Table) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
+	err := d.applyWithDenies(t)
+	if d.pending > 0 {
+		err = errors.Join(err, d.clearPending())
+	}
+	return err
+}
+
+// applyWithDenies puts the table's new denies into the overlays, then
+// applies it whole. The caller holds d.mu and empties the overlays.
+func (d *Dataplane) applyWithDenies(t Table) error {
 	pending, fast, err := findPendingDenies(d.last, t)
 	if err != nil {
 		return err
 	}
 	if fast {
 		if err := d.writePending(pending); err != nil {
-			return errors.Join(err, d.clearPending())
+			return err
 		}
 	}
-	err = d.applyWhole(t)
-	if fast && pending.entries() > 0 {
-		err = errors.Join(err, d.clearPending())
-	}
-	return err
+	return d.applyWhole(t)
 }
 
 // applyWhole compiles and swaps in the table unless its rules are those in
