@@ -238,10 +238,29 @@ static __always_inline void report(const __u8 addr[16], __u16 port, __u8 proto,
 
 /* enforce judges one destination and returns the hook's answer: 1 lets the
  * call proceed, 0 fails it with EPERM. */
-static __always_inline int enforce(const __u8 addr[16], __u16 port, __u8 proto)
+/* loopback_for_unspecified rewrites an unspecified destination (0.0.0.0,
+ * ::ffff:0.0.0.0 or ::) into the loopback address the kernel connects it to,
+ * so a rule on 127.0.0.0/8 or ::1 cannot be walked around by naming "any". */
+static __always_inline void loopback_for_unspecified(__u8 addr[16])
+{
+	__u64 *half = (__u64 *)addr;
+	__u32 *quad = (__u32 *)addr;
+
+	if (half[0] != 0)
+		return;
+	if (half[1] == 0) {
+		addr[15] = 1; /* :: -> ::1 */
+		return;
+	}
+	if (quad[2] == bpf_htonl(0xffff) && quad[3] == 0)
+		quad[3] = bpf_htonl(0x7f000001); /* 0.0.0.0 -> 127.0.0.1 */
+}
+
+static __always_inline int enforce(__u8 addr[16], __u16 port, __u8 proto)
 {
 	struct judgement j = {};
 
+	loopback_for_unspecified(addr);
 	judge(addr, port, proto, &j);
 	count(j.reason);
 	report(addr, port, proto, &j);
