@@ -298,13 +298,32 @@ func (c *Client) sendEvents(st vigilpb.AgentService_ConnectClient, sent uint64) 
 		if err != nil || len(evs) == 0 {
 			return sent, err
 		}
-		body := &vigilpb.AgentMessage_Events{Events: &vigilpb.EventBatch{Events: evs}}
-		batch := &vigilpb.AgentMessage{Body: body}
-		if err := st.Send(batch); err != nil {
+		batch := eventBatch(sent, evs)
+		msg := &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Events{Events: batch}}
+		if err := st.Send(msg); err != nil {
 			return sent, fmt.Errorf("send events: %w", err)
 		}
-		sent = evs[len(evs)-1].Seq
+		sent = batch.Events[len(batch.Events)-1].Seq
 	}
+}
+
+// eventBatch builds the batch of evs, read after sent. The spool keeps
+// every sequence number it did not drop, so one missing between sent and
+// the first event was dropped (the spool overflowed or a record was
+// corrupt): the batch says so, and the server stops waiting for it. The
+// batch ends before a gap inside evs, which the next batch reports.
+func eventBatch(sent uint64, evs []*vigilpb.Event) *vigilpb.EventBatch {
+	b := &vigilpb.EventBatch{Events: evs}
+	if first := evs[0].Seq; first > sent+1 {
+		b.DroppedThrough = first - 1
+	}
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Seq != evs[i-1].Seq+1 {
+			b.Events = evs[:i]
+			break
+		}
+	}
+	return b
 }
 
 func hello(h *vigilpb.Hello) *vigilpb.AgentMessage {

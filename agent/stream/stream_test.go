@@ -366,3 +366,36 @@ func TestSendEventsResumesAfterAck(t *testing.T) {
 		})
 	}
 }
+
+// TestEventBatchReportsGaps checks that a batch names the sequence numbers
+// the spool no longer holds and ends before a gap inside it.
+func TestEventBatchReportsGaps(t *testing.T) {
+	tests := []struct {
+		name        string
+		sent        uint64
+		seqs        []uint64
+		wantThrough uint64
+		want        []uint64
+	}{
+		{name: "no gap", sent: 3, seqs: []uint64{4, 5}, want: []uint64{4, 5}},
+		{name: "gap before", sent: 3, seqs: []uint64{9, 10}, wantThrough: 8, want: []uint64{9, 10}},
+		{name: "gap inside", sent: 3, seqs: []uint64{4, 5, 9}, want: []uint64{4, 5}},
+		{name: "gap before and inside", sent: 0, seqs: []uint64{3, 7}, wantThrough: 2, want: []uint64{3}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var evs []*vigilpb.Event
+			for _, s := range tt.seqs {
+				evs = append(evs, &vigilpb.Event{Seq: s})
+			}
+			b := eventBatch(tt.sent, evs)
+			var got []uint64
+			for _, ev := range b.Events {
+				got = append(got, ev.Seq)
+			}
+			if b.DroppedThrough != tt.wantThrough || !equal(got, tt.want) {
+				t.Errorf("batch %v through %d, want %v through %d", got, b.DroppedThrough, tt.want, tt.wantThrough)
+			}
+		})
+	}
+}

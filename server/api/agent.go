@@ -177,7 +177,7 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 	agent := sess.agent
 	switch body := msg.GetBody().(type) {
 	case *vigilpb.AgentMessage_Events:
-		return s.ingest(ctx, sess, body.Events.GetEvents())
+		return s.ingest(ctx, sess, body.Events)
 	case *vigilpb.AgentMessage_Ack:
 		if err := s.cfg.Dispatcher.acked(agent, body.Ack); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return s.internal("store instruction ack", err)
@@ -211,13 +211,18 @@ func (s *Server) tableAcked(agent string, ack *vigilpb.TableAck) {
 	s.cfg.Engine.TableAcked(agent, ack.GetVersion())
 }
 
-// ingest stores a batch (skipping what is already stored), gives the new
-// events to the engine and to followers, then acknowledges the batch.
-func (s *Server) ingest(ctx context.Context, sess *session, evs []*vigilpb.Event) error {
+// ingest stores a batch (skipping what is already stored, and passing the
+// sequence numbers the agent says it dropped), gives the new events to the
+// engine and to followers, then acknowledges the batch.
+func (s *Server) ingest(ctx context.Context, sess *session, b *vigilpb.EventBatch) error {
+	evs := b.GetEvents()
 	if len(evs) > maxBatchEvents {
 		return status.Errorf(codes.InvalidArgument, "event batch of %d events exceeds %d", len(evs), maxBatchEvents)
 	}
-	stored, mark, err := s.cfg.Store.AppendEvents(sess.agent, evs)
+	if err := checkDropped(b); err != nil {
+		return err
+	}
+	stored, mark, err := s.cfg.Store.AppendBatch(sess.agent, evs, b.GetDroppedThrough())
 	if errors.Is(err, store.ErrZeroSeq) {
 		return status.Error(codes.InvalidArgument, "event without a sequence number")
 	}
@@ -235,6 +240,23 @@ func (s *Server) ingest(ctx context.Context, sess *session, evs []*vigilpb.Event
 	}
 	sess.send(&vigilpb.ServerMessage{Body: &vigilpb.ServerMessage_EventsAck{EventsAck: &vigilpb.EventsAck{Seq: mark}}})
 	return nil
+}
+
+// checkDropped refuses a drop mark that no event of the batch follows: an
+// agent reports a drop together with the first event it still holds, so a
+// mark alone, or one at or past its events, would skip events never sent.
+func checkDropped(b *vigilpb.EventBatch) error {
+	through := b.GetDroppedThrough()
+	if through == 0 {
+		return nil
+	}
+	for _, ev := range b.GetEvents() {
+		if ev.GetSeq() > through {
+			return nil
+		}
+	}
+	return status.Errorf(codes.InvalidArgument,
+		"dropped_through %d is not followed by an event of the batch", through)
 }
 
 func (s *Server) logErr(err error, msg, agent string) {

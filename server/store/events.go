@@ -34,6 +34,14 @@ var ErrZeroSeq = errors.New("agent event has sequence 0")
 // Sequences start at 1; a gap holds the acknowledgement at the last
 // contiguous sequence until the missing events arrive.
 func (s *Store) AppendEvents(agent string, events []*vigilpb.Event) ([]*vigilpb.Event, uint64, error) {
+	return s.AppendBatch(agent, events, 0)
+}
+
+// AppendBatch is AppendEvents for a batch whose agent dropped every event up
+// to and including droppedThrough before sending it: the contiguous mark is
+// raised past them, durably, so the acknowledgement no longer waits for
+// events that will never come. Zero means nothing was dropped.
+func (s *Store) AppendBatch(agent string, events []*vigilpb.Event, droppedThrough uint64) ([]*vigilpb.Event, uint64, error) {
 	s.evMu.Lock()
 	defer s.evMu.Unlock()
 	var stored []*vigilpb.Event
@@ -44,6 +52,9 @@ func (s *Store) AppendEvents(agent string, events []*vigilpb.Event) ([]*vigilpb.
 		var err error
 		stored, added, err = s.putNew(txn, agent, events)
 		if err != nil {
+			return err
+		}
+		if err := skipDropped(txn, agent, droppedThrough); err != nil {
 			return err
 		}
 		mark, err = advanceMark(txn, agent)
@@ -105,6 +116,31 @@ func advanceMark(txn *badger.Txn, agent string) (uint64, error) {
 		return mark, nil
 	}
 	return mark, putUint(txn, markKey(agent), mark)
+}
+
+// skipDropped raises the agent's contiguous mark to through when it is
+// below, deleting the dedupe entries it passes.
+func skipDropped(txn *badger.Txn, agent string, through uint64) error {
+	mark, err := getUint(txn, markKey(agent))
+	if err != nil || through <= mark {
+		return err
+	}
+	prefix := []byte(pfxDedupe + agent + "\x00")
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+	var passed [][]byte
+	for it.Seek(agentKey(pfxDedupe, agent, mark+1)); it.Valid(); it.Next() {
+		if bytes.Compare(it.Item().Key(), agentKey(pfxDedupe, agent, through)) > 0 {
+			break
+		}
+		passed = append(passed, it.Item().KeyCopy(nil))
+	}
+	it.Close()
+	for _, k := range passed {
+		if err := txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	return putUint(txn, markKey(agent), through)
 }
 
 func markKey(agent string) []byte { return []byte(pfxMark + agent) }

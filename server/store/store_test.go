@@ -307,3 +307,40 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestAppendBatchDropped checks that a drop mark moves the acknowledgement
+// past events that will never come, durably, and that events above the mark
+// already stored are neither lost nor stored again.
+func TestAppendBatchDropped(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name    string
+		seqs    []uint64
+		through uint64
+		stored  int
+		wantAck uint64
+	}{
+		{name: "before the drop", seqs: []uint64{1, 2}, stored: 2, wantAck: 2},
+		{name: "above the gap waits", seqs: []uint64{9, 10}, stored: 2, wantAck: 2},
+		{name: "drop mark passes the gap", seqs: []uint64{8}, through: 7, stored: 1, wantAck: 10},
+		{name: "replay after the drop", seqs: []uint64{8, 9, 10, 11}, through: 7, stored: 1, wantAck: 11},
+		{name: "stale drop mark", seqs: []uint64{12}, through: 5, stored: 1, wantAck: 12},
+	}
+	for _, st := range steps {
+		stored, ack, err := s.AppendBatch("a", events(st.seqs...), st.through)
+		if err != nil || len(stored) != st.stored || ack != st.wantAck {
+			t.Fatalf("%s: stored %d ack %d err %v, want %d ack %d", st.name, len(stored), ack, err,
+				st.stored, st.wantAck)
+		}
+	}
+	s.Close()
+
+	s = open(t, dir, Retention{})
+	if stored, ack, err := s.AppendEvents("a", events(12, 13)); err != nil || len(stored) != 1 || ack != 13 {
+		t.Fatalf("after reopen: stored %d ack %d err %v, want 1 ack 13", len(stored), ack, err)
+	}
+}
