@@ -71,10 +71,11 @@ func BenchmarkDiffDenyLatency(b *testing.B) {
 func benchEntries(n int) *vigilpb.VerdictTable {
 	t := &vigilpb.VerdictTable{DefaultEgress: vigilpb.Verdict_VERDICT_ALLOW}
 	for i := range n {
-		t.Egress = append(t.Egress, &vigilpb.EgressEntry{RuleId: uint32(i + 1),
-			Destination: fmt.Sprintf("198.%d.%d.%d/32", 18+i>>16, i>>8&255, i&255),
-			PortMin:     443, PortMax: 443, Protocol: vigilpb.Protocol_PROTOCOL_TCP,
-			Verdict: vigilpb.Verdict_VERDICT_DENY})
+		dest := fmt.Sprintf("198.%d.%d.%d/32", 18+i>>16, i>>8&255, i&255)
+		t.Egress = append(t.Egress, &vigilpb.EgressEntry{
+			RuleId: uint32(i + 1), Destination: dest, PortMin: 443, PortMax: 443,
+			Protocol: vigilpb.Protocol_PROTOCOL_TCP, Verdict: vigilpb.Verdict_VERDICT_DENY,
+		})
 	}
 	return t
 }
