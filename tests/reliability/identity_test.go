@@ -10,6 +10,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,9 +96,16 @@ type named struct {
 // role under the spoofed argv[0] "sshd", renaming itself to comm.
 func startNamed(t *testing.T, cg *testenv.Cgroup, exe, comm, target string) *named {
 	t.Helper()
+	return startRole(t, cg, exe, "sshd", "named", comm, target)
+}
+
+// startRole runs exe (the test binary or a copy) in cg as role, under
+// argv[0], and collects the lines it prints.
+func startRole(t *testing.T, cg *testenv.Cgroup, exe, argv0, role string, args ...string) *named {
+	t.Helper()
 	cmd := cg.Command(t, exe, "-test.run=^$")
-	cmd.Args[0] = "sshd"
-	cmd.Env = append(os.Environ(), "VIGIL_REL_ROLE=named", "VIGIL_REL_ARGS="+comm+" "+target)
+	cmd.Args[0] = argv0
+	cmd.Env = append(os.Environ(), "VIGIL_REL_ROLE="+role, "VIGIL_REL_ARGS="+strings.Join(args, " "))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +144,10 @@ func (n *named) waitOutcome(t *testing.T, outcome string, timeout time.Duration)
 	}
 }
 
-func TestIdentityIsTheExecutableAndKillsTargetPidAndStartTime(t *testing.T) {
+// TestKillAndCutSemantics proves that identity is the executable, never the
+// process name or argv[0]; that a kill names (pid, start time); and that
+// processes and connections older than the agent are covered.
+func TestKillAndCutSemantics(t *testing.T) {
 	testenv.RequireRoot(t)
 	s := harness.StartServer(t)
 	denied := listen(t, 1)[0]
@@ -154,6 +166,9 @@ func TestIdentityIsTheExecutableAndKillsTargetPidAndStartTime(t *testing.T) {
 	// renames itself is still judged as the executable it is.
 	old := startNamed(t, cg, worker, "kworker/0:1", denied)
 	old.waitOutcome(t, outcomeOK, 5*time.Second)
+	echo := listenEcho(t)
+	held := startRole(t, cg, os.Args[0], os.Args[0], "hold", echo)
+	held.waitOutcome(t, "connected", 5*time.Second)
 	a := s.StartAgent(t, "identity", cg)
 	old.waitOutcome(t, outcomeEPERM, 10*time.Second)
 	if got := dialFrom(t, cg, denied); got != outcomeOK {
@@ -166,6 +181,24 @@ func TestIdentityIsTheExecutableAndKillsTargetPidAndStartTime(t *testing.T) {
 	t.Run("kill targets pid and start time", func(t *testing.T) {
 		checkKillByStartTime(t, s, a, old, worker)
 	})
+	t.Run("cut reaches a connection older than the agent", func(t *testing.T) {
+		checkCutOlderConnection(t, s, a, held, echo)
+	})
+}
+
+// checkCutOlderConnection cuts the peer of a connection opened before the
+// agent started: the connection ends, new connects are refused until
+// restore, and are let through after it.
+func checkCutOlderConnection(t *testing.T, s *harness.Server, a *harness.Agent, held *named, peer string) {
+	s.Ctl("cut", "--agent", a.Name, "--peer", peer)
+	held.waitOutcome(t, "closed", 5*time.Second)
+	if got := dialFrom(t, a.Cgroup, peer); got != outcomeEPERM {
+		t.Errorf("connect to a cut peer: %s, want eperm", got)
+	}
+	s.Ctl("restore", "--agent", a.Name, "--peer", peer)
+	if got := dialFrom(t, a.Cgroup, peer); got != outcomeOK {
+		t.Errorf("connect after restore: %s, want ok", got)
+	}
 }
 
 // dialFrom runs one connect from the test binary itself inside cg.
@@ -251,4 +284,48 @@ func checkKillByStartTime(t *testing.T, s *harness.Server, a *harness.Agent, n *
 	case <-time.After(5 * time.Second):
 		t.Fatal("kill naming the right start time left the process running")
 	}
+}
+
+// holdConn keeps one connection to args[0] open, exchanging a byte every
+// 100 ms; it prints "connected", then "closed" once the connection ends.
+func holdConn(args []string) error {
+	c, err := net.DialTimeout("tcp", args[0], time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Println("connected")
+	buf := make([]byte, 1)
+	for {
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Println("closed")
+	return nil
+}
+
+// listenEcho opens a loopback listener that echoes what each connection
+// sends; it returns its address.
+func listenEcho(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return l.Addr().String()
 }

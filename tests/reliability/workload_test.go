@@ -38,6 +38,8 @@ func init() {
 		err = flood(args)
 	case "named":
 		err = renamedDial(args)
+	case "hold":
+		err = holdConn(args)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
