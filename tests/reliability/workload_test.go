@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -178,7 +179,8 @@ func startLoop(t *testing.T, cg *testenv.Cgroup, netns string, targets ...string
 	return l
 }
 
-func (l *loop) read(out interface{ Read([]byte) (int, error) }, started chan struct{}) {
+// read tallies the loop's lines until its output ends.
+func (l *loop) read(out io.Reader, started chan struct{}) {
 	defer close(l.done)
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
