@@ -17,4 +17,20 @@
 //
 // Sockets are judged by the cgroup they were created in: a socket created
 // outside the scope and passed into it is not judged by this scope's hooks.
+//
+// A table goes live through a slot flip that waits for an RCU grace period,
+// tens of milliseconds, and compiling it takes about 3 ms per thousand
+// entries. A deny the new table adds is in force within about a
+// millisecond anyway, through the pending-deny overlays, when: it differs
+// from the previous table of this Open; no allow or audit rule of the new
+// table could be judged before it; and the overlays hold it (256 prefixes,
+// 8 denies on one prefix counting covering ones, 256 changed rules). Other
+// changes, a default that turns to deny, a removed allow, quarantine and
+// the first table after Open, wait for the flip.
+//
+// Cut resets the connections it saw established in scope (up to 65536) at
+// once, each by its exact addresses; sockets older than the data plane,
+// beyond that number, or in another network namespace than the caller are
+// reset by a walk of every TCP socket on the host, which takes
+// milliseconds per ten thousand sockets (time-wait ones included).
 package dataplane
