@@ -29,8 +29,9 @@
 // the first table after Open, wait for the flip.
 //
 // Cut resets the connections it saw established in scope (up to 65536) at
-// once, each by its exact addresses; sockets older than the data plane,
-// beyond that number, or in another network namespace than the caller are
-// reset by a walk of every TCP socket on the host, which takes
-// milliseconds per ten thousand sockets (time-wait ones included).
+// once, each by its exact addresses; sockets older than the data plane or
+// beyond that number are reset by a walk of every TCP socket, which takes
+// milliseconds per ten thousand sockets (time-wait ones included). Both
+// reach only the caller's network namespace: sockets in scope in another
+// one are not destroyed, their packets are dropped, and they stall.
 package dataplane
