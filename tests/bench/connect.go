@@ -110,7 +110,7 @@ func ConnectOverhead(e *Env, rep *Report) error {
 		}
 	}
 	connectRows(rep, s)
-	return nil
+	return e.hookCosts(cg, targets["none"], rep)
 }
 
 // connectTargets creates a plain namespace and one per nftables size.

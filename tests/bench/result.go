@@ -223,3 +223,7 @@ func (s samples) ratioRow(scenario, variant, base, metric, unit string, t *Targe
 	}
 	return r
 }
+
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}
