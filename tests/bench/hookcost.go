@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -37,11 +38,7 @@ func (e *Env) hookCosts(cg *Cgroup, t connectTarget, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		for _, p := range progs {
-			p.Close()
-		}
-	}()
+	defer closePrograms(progs)
 
 	for _, n := range []int{tableSizes[0], tableSizes[len(tableSizes)-1]} {
 		if err := d.ApplyTable(egressTable(n)); err != nil {
@@ -62,28 +59,37 @@ func (e *Env) hookCostSample(cg *Cgroup, t connectTarget, proto string, progs ma
 	if proto == "udp" {
 		port, ops = t.udp, 20000
 	}
+	target := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := e.Worker(cg, "connect", proto, t.netns, target, strconv.Itoa(ops))
+	return e.hookCostRun(cmd, ops, progs, "connect-"+proto, variant, rep)
+}
+
+// hookCostRun runs a measuring worker of ops operations and reports each
+// program's run time per operation.
+func (e *Env) hookCostRun(cmd *exec.Cmd, ops int, progs map[string]*ebpf.Program,
+	scenario, variant string, rep *Report) error {
 	before, err := programStats(progs)
 	if err != nil {
 		return err
 	}
-	target := fmt.Sprintf("127.0.0.1:%d", port)
-	if _, err := e.runSample(e.Worker(cg, "connect", proto, t.netns, target, strconv.Itoa(ops))); err != nil {
-		return fmt.Errorf("hook costs %s: %w", proto, err)
+	if _, err := e.runSample(cmd); err != nil {
+		return fmt.Errorf("hook costs %s: %w", scenario, err)
 	}
 	after, err := programStats(progs)
 	if err != nil {
 		return err
 	}
 
-	// The worker warms up with ops/20 operations before it measures.
-	total := float64(ops + ops/20)
+	// Workers warm up with ops/20 operations (at least one) before they
+	// measure.
+	total := float64(ops + max(ops/20, 1))
 	for _, name := range sortedKeys(after) {
 		runs := float64(after[name].RunCount - before[name].RunCount)
 		if runs < total/10 {
 			continue
 		}
 		ns := float64(after[name].Runtime-before[name].Runtime) / total
-		rep.Add(Row{Scenario: "connect-" + proto, Variant: variant, Metric: "hook " + name + " ns/op",
+		rep.Add(Row{Scenario: scenario, Variant: variant, Metric: "hook " + name + " ns/op",
 			Value: ns, Unit: "ns", Note: fmt.Sprintf("%.1f runs per op", runs/total)})
 	}
 	return nil
@@ -126,6 +132,12 @@ func linkProgram(path string) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("open program of %s: %w", path, err)
 	}
 	return p, nil
+}
+
+func closePrograms(progs map[string]*ebpf.Program) {
+	for _, p := range progs {
+		p.Close()
+	}
 }
 
 type progStats struct {

@@ -4,6 +4,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/vigilsec/vigil/agent/dataplane"
 )
 
 // smallBinary is what the exec benchmark forks and executes.
@@ -40,7 +45,29 @@ func ObserveOverhead(e *Env, rep *Report) error {
 		}
 	}
 	observeRows(rep, s, auditErr)
-	return nil
+	return e.execHookCosts(cg, rep)
+}
+
+// execHookCosts reports what each of the data plane's programs costs per
+// fork+exec+wait, from the kernel's BPF run-time statistics.
+func (e *Env) execHookCosts(cg *Cgroup, rep *Report) error {
+	_, closeFn, err := e.openDataplane(cg)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable BPF statistics: %w", err)
+	}
+	defer stats.Close()
+	progs, err := scopePrograms(dataplane.PinPathFor(cg.Path))
+	if err != nil {
+		return err
+	}
+	defer closePrograms(progs)
+	n := e.rounds(400, 100)
+	return e.hookCostRun(e.Worker(cg, "exec", smallBinary, strconv.Itoa(n)), n, progs, "observe-exec", "vigil", rep)
 }
 
 // observeSample sets a variant up, measures exec and connect, and tears it
