@@ -142,7 +142,8 @@ func benchApplier(b *testing.B) (*Applier, *unix.SockaddrInet4) {
 	}
 	b.Cleanup(func() { dp.Close() })
 	drain(b, dp)
-	a, err := New(Config{Kernel: dp, Resolver: proctable.New("/proc"), StateDir: b.TempDir(), Scope: cg.Path})
+	a, err := New(Config{Kernel: dp, Resolver: proctable.New("/proc"),
+		StateDir: b.TempDir(), Scope: cg.Path})
 	if err != nil {
 		b.Fatal(err)
 	}

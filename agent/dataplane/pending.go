@@ -242,7 +242,8 @@ func precedes(r rulePlace, k int, d rulePlace, di int) bool {
 // overlayOf groups denies by prefix, each prefix holding its own denies
 // and those of every shorter prefix covering it, as the tables do. It
 // reports false when the overlay cannot hold them.
-func overlayOf[R any](prefixes []netip.Prefix, rules []R, ids []uint32) (spanTable[R], bool, error) {
+func overlayOf[R any](prefixes []netip.Prefix, rules []R,
+	ids []uint32) (spanTable[R], bool, error) {
 	if len(prefixes) == 0 {
 		return spanTable[R]{}, true, nil
 	}
@@ -345,7 +346,8 @@ func (d *Dataplane) ClearPending() error {
 // appendedDenies selects the denies among rules to be appended to the
 // table in force that no allow or audit rule can precede. The caller holds
 // d.mu.
-func (d *Dataplane) appendedDenies(egress []EgressRule, ingress []IngressRule) (pendingDenies, bool, error) {
+func (d *Dataplane) appendedDenies(egress []EgressRule,
+	ingress []IngressRule) (pendingDenies, bool, error) {
 	var p pendingDenies
 	var prefixes []netip.Prefix
 	var eg []bpfEgressRule
@@ -373,7 +375,8 @@ func (d *Dataplane) appendedDenies(egress []EgressRule, ingress []IngressRule) (
 	return p, ok, err
 }
 
-func (d *Dataplane) appendedPeerDenies(ingress []IngressRule) (spanTable[bpfIngressRule], bool, error) {
+func (d *Dataplane) appendedPeerDenies(
+	ingress []IngressRule) (spanTable[bpfIngressRule], bool, error) {
 	var prefixes []netip.Prefix
 	var out []bpfIngressRule
 	var ids []uint32

@@ -60,7 +60,8 @@ func TestFindPendingDenies(t *testing.T) {
 		{"deny behind an earlier allow of its prefix waits", &Table{Egress: base},
 			Table{Egress: with(portRule(4, "192.0.2.0/24", 443, ProtoTCP, VerdictDeny))}, true, nil, nil, ""},
 		{"deny on other ports than the allow", &Table{Egress: base},
-			Table{Egress: with(portRule(4, "10.0.0.0/7", 81, ProtoTCP, VerdictDeny))}, true, []string{"10.0.0.0/7: 4"}, nil, ""},
+			Table{Egress: with(portRule(4, "10.0.0.0/7", 81, ProtoTCP, VerdictDeny))},
+			true, []string{"10.0.0.0/7: 4"}, nil, ""},
 		{"ipv6 deny over ipv4 allow waits", &Table{Egress: base},
 			Table{Egress: with(portRule(4, "::/0", 80, ProtoTCP, VerdictDeny))}, true, nil, nil, ""},
 		{"audit overrides like allow", &Table{Egress: base},
@@ -122,7 +123,8 @@ func TestNewDenyPrecedesSwap(t *testing.T) {
 	cmd, out := startHelper(t, cg, "connect-until-eperm", target.String())
 
 	next := base
-	next.Egress = append(slices.Clone(base.Egress), portRule(1<<30, "127.0.0.1/32", target.Port(), ProtoTCP, VerdictDeny))
+	deny := portRule(1<<30, "127.0.0.1/32", target.Port(), ProtoTCP, VerdictDeny)
+	next.Egress = append(slices.Clone(base.Egress), deny)
 	start := time.Now()
 	if err := d.ApplyTable(next); err != nil {
 		t.Fatal(err)
@@ -303,7 +305,8 @@ func TestPendDenies(t *testing.T) {
 	target := listenTCP(t, "127.0.0.1:0")
 	shielded := listenTCP(t, "127.0.0.1:0")
 	base := Table{Egress: []EgressRule{portRule(1, "127.0.0.1/32", shielded.Port(), ProtoTCP, VerdictAllow)}}
-	if n, err := d.PendDenies([]EgressRule{portRule(2, "127.0.0.0/8", 0, ProtoTCP, VerdictDeny)}, nil); err != nil || n != 0 {
+	early := []EgressRule{portRule(2, "127.0.0.0/8", 0, ProtoTCP, VerdictDeny)}
+	if n, err := d.PendDenies(early, nil); err != nil || n != 0 {
 		t.Fatalf("before any table: %d denies, %v; want none", n, err)
 	}
 	if err := d.ApplyTable(base); err != nil {
@@ -316,8 +319,10 @@ func TestPendDenies(t *testing.T) {
 		want   int
 	}{
 		{"deny no allow precedes", []EgressRule{deny}, 1},
-		{"deny under an allow in force", []EgressRule{portRule(4, "127.0.0.0/8", shielded.Port(), ProtoTCP, VerdictDeny)}, 0},
-		{"deny under an appended allow", []EgressRule{deny, portRule(5, "127.0.0.1/32", 0, ProtoAny, VerdictAllow)}, 0},
+		{"deny under an allow in force",
+			[]EgressRule{portRule(4, "127.0.0.0/8", shielded.Port(), ProtoTCP, VerdictDeny)}, 0},
+		{"deny under an appended allow",
+			[]EgressRule{deny, portRule(5, "127.0.0.1/32", 0, ProtoAny, VerdictAllow)}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

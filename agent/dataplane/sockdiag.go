@@ -73,7 +73,8 @@ func remoteOf(c bpfConnKey) netip.AddrPort {
 
 // destroyConn sends one SOCK_DESTROY request and reads its acknowledgement.
 func destroyConn(fd int, seq uint32, c trackedConn) error {
-	if err := unix.Sendto(fd, destroyRequest(seq, c), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	kernel := &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
+	if err := unix.Sendto(fd, destroyRequest(seq, c), 0, kernel); err != nil {
 		return err
 	}
 	buf := make([]byte, 4096)

@@ -38,8 +38,8 @@ const (
 // A rule with PortMin and PortMax both 0 covers every port. A zero
 // DefaultEgress allows. Cut peers of the table are blocked and their open
 // sockets destroyed; peers the previous table cut and this one does not are
-// restored, while peers cut by Cut stay cut until Restore. ApplyTable never
-// delays Cut, Restore or Kill.
+// restored, while peers cut by Cut stay cut until Restore. Cut, Restore and
+// Kill never wait for the swap.
 //
 // Denies put in force by PendDenies stay until this call ends, whether the
 // table goes live or is refused.
