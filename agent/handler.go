@@ -25,14 +25,19 @@ func (a *agent) Hello() *vigilpb.Hello {
 	}
 }
 
-// addresses are the --address overrides, or the namespace's addresses.
+// addresses are the --address overrides, or the namespace's addresses, at
+// most posture.MaxAddresses of them: the server refuses a hello with more.
 func (a *agent) addresses() []string {
-	if len(a.cfg.Addresses) > 0 {
-		return a.cfg.Addresses
+	addrs := a.cfg.Addresses
+	if len(addrs) == 0 {
+		var err error
+		if addrs, err = posture.Addresses(); err != nil {
+			a.log.Warn("list addresses", "err", err)
+		}
 	}
-	addrs, err := posture.Addresses()
-	if err != nil {
-		a.log.Warn("list addresses", "err", err)
+	if len(addrs) > posture.MaxAddresses {
+		a.log.Warn("too many addresses, reporting the first", "count", len(addrs), "kept", posture.MaxAddresses)
+		addrs = addrs[:posture.MaxAddresses]
 	}
 	return addrs
 }

@@ -127,7 +127,17 @@ func Addresses() ([]string, error) {
 	return sortedUnique(out), nil
 }
 
+// MaxAddresses bounds the addresses an agent reports; the server refuses a
+// hello with more (must match server/api.maxHelloAddresses).
+const MaxAddresses = 64
+
+// maxList bounds each list of a posture; the server cuts longer lists to
+// the same figure (must match server/api.maxPostureList).
+const maxList = 512
+
+// sortedUnique sorts and deduplicates s, keeping at most maxList entries.
 func sortedUnique(s []string) []string {
 	slices.Sort(s)
-	return slices.Compact(s)
+	s = slices.Compact(s)
+	return s[:min(len(s), maxList)]
 }

@@ -68,3 +68,16 @@ func TestSortedUnique(t *testing.T) {
 		})
 	}
 }
+
+// TestListsBounded checks that a posture list never exceeds the bound the
+// server holds it to, and stays sorted and unique.
+func TestListsBounded(t *testing.T) {
+	var in []string
+	for i := range 3 * maxList {
+		in = append(in, strconv.Itoa(i%(2*maxList)))
+	}
+	out := sortedUnique(in)
+	if len(out) != maxList || !slices.IsSorted(out) || len(slices.Compact(slices.Clone(out))) != maxList {
+		t.Errorf("%d entries, sorted %v; want %d sorted unique", len(out), slices.IsSorted(out), maxList)
+	}
+}

@@ -133,11 +133,18 @@ var streamKeepalive = keepalive.ClientParameters{
 	Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true,
 }
 
+// maxMessageBytes is the largest server message accepted: the server's
+// bound on every message it sends (must match server/api.MaxMessageBytes),
+// so a table the server sends, however many peers it names, is never
+// refused here.
+const maxMessageBytes = 16 << 20
+
 // Run keeps a stream open until ctx ends, reconnecting after every failure
 // with exponential backoff and full jitter.
 func (c *Client) Run(ctx context.Context) error {
 	creds := grpc.WithTransportCredentials(credentials.NewTLS(c.cfg.TLS))
-	conn, err := grpc.NewClient(c.cfg.Addr, creds, grpc.WithKeepaliveParams(streamKeepalive))
+	conn, err := grpc.NewClient(c.cfg.Addr, creds, grpc.WithKeepaliveParams(streamKeepalive),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes)))
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", c.cfg.Addr, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -397,5 +398,22 @@ func TestEventBatchReportsGaps(t *testing.T) {
 				t.Errorf("batch %v through %d, want %v through %d", got, b.DroppedThrough, tt.want, tt.wantThrough)
 			}
 		})
+	}
+}
+
+// TestLargeTableAccepted checks that a table beyond gRPC's default 4 MiB
+// receive bound, as a service host admitting many peers gets, is applied.
+func TestLargeTableAccepted(t *testing.T) {
+	e := start(t)
+	nextHello(t, e)
+	table := &vigilpb.VerdictTable{Version: 7, CutPeers: []string{strings.Repeat("1", 6<<20)}}
+	e.srv.out <- &vigilpb.ServerMessage{Body: &vigilpb.ServerMessage_Table{Table: table}}
+	for {
+		if ack := e.next(t).GetTableAck(); ack != nil {
+			if ack.GetVersion() != 7 {
+				t.Fatalf("table ack %v, want version 7", ack)
+			}
+			return
+		}
 	}
 }

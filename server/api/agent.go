@@ -26,6 +26,7 @@ func (s *Server) Connect(stream vigilpb.AgentService_ConnectServer) error {
 		return err
 	}
 
+	s.clampPosture(id.Name, hello.GetPosture())
 	sess := newSession(id.Name, id.Serial, sendQueueLen)
 	sess.holdDiffs()
 	if err := s.cfg.Registry.Online(id.Name, id.Serial, hello, sess); err != nil {
@@ -55,9 +56,8 @@ func (s *Server) readHello(stream vigilpb.AgentService_ConnectServer, name strin
 	if hello == nil {
 		return nil, status.Error(codes.InvalidArgument, "the first message on the stream must be a hello")
 	}
-	if hello.GetName() != name {
-		return nil, status.Errorf(codes.PermissionDenied,
-			"hello names agent %q but the certificate was issued to %q", hello.GetName(), name)
+	if err := checkHello(hello, name); err != nil {
+		return nil, err
 	}
 	return hello, nil
 }
@@ -185,6 +185,7 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 	case *vigilpb.AgentMessage_TableAck:
 		s.tableAcked(agent, body.TableAck)
 	case *vigilpb.AgentMessage_Posture:
+		s.clampPosture(agent, body.Posture)
 		s.logErr(s.cfg.Registry.Posture(agent, body.Posture), "record posture", agent)
 		s.logErr(s.cfg.Engine.Posture(ctx, agent, body.Posture), "evaluate posture", agent)
 	case *vigilpb.AgentMessage_Counters:
@@ -193,6 +194,10 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 	case *vigilpb.AgentMessage_Hello:
 		// A second hello asks for a full table (the agent lost track of
 		// its version).
+		if err := checkHelloBounds(body.Hello); err != nil {
+			return err
+		}
+		s.clampPosture(agent, body.Hello.GetPosture())
 		sess.holdDiffs()
 		return s.sendTable(ctx, sess, body.Hello)
 	default:
@@ -257,6 +262,14 @@ func checkDropped(b *vigilpb.EventBatch) error {
 	}
 	return status.Errorf(codes.InvalidArgument,
 		"dropped_through %d is not followed by an event of the batch", through)
+}
+
+// clampPosture cuts an agent's posture to its bounds, logging when it had
+// to.
+func (s *Server) clampPosture(agent string, p *vigilpb.Posture) {
+	if clampPosture(p) {
+		s.log.Warn("posture over its bounds, cut", "agent", agent)
+	}
 }
 
 func (s *Server) logErr(err error, msg, agent string) {

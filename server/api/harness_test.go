@@ -270,6 +270,12 @@ type agentStream struct {
 
 func (ts *testServer) connect(t testing.TB, cert *tls.Certificate, name string) *agentStream {
 	t.Helper()
+	return ts.connectWith(t, cert, &vigilpb.Hello{Name: name})
+}
+
+// connectWith opens a stream with cert and sends hello first.
+func (ts *testServer) connectWith(t testing.TB, cert *tls.Certificate, hello *vigilpb.Hello) *agentStream {
+	t.Helper()
 	client := vigilpb.NewAgentServiceClient(dial(t, ts.addr, ts.ca.CertPEM(), cert))
 	ctx, cancel := context.WithCancel(context.Background())
 	stream, err := client.Connect(ctx)
@@ -294,8 +300,8 @@ func (ts *testServer) connect(t testing.TB, cert *tls.Certificate, name string) 
 		<-a.err
 	})
 	// A refused stream fails Send with io.EOF; its status comes from Recv.
-	hello := &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Hello{Hello: &vigilpb.Hello{Name: name}}}
-	if err := stream.Send(hello); err != nil && !errors.Is(err, io.EOF) {
+	msg := &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Hello{Hello: hello}}
+	if err := stream.Send(msg); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
 	return a
