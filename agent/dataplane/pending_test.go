@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -357,4 +358,111 @@ func TestPendDenies(t *testing.T) {
 	if got := runHelperExit(t, cg, "connect", target.String()); got != exitOK {
 		t.Errorf("connect after a table without the deny: exit %d, want success", got)
 	}
+}
+
+// TestIngressPendingDenies runs the ingress program on packets while
+// denies wait in the ingress overlay, ahead of their table.
+func TestIngressPendingDenies(t *testing.T) {
+	d, _ := openScoped(t, Config{})
+	table := Table{
+		ProtectedPorts: []PortRange{{Min: 8000, Max: 8099, Proto: ProtoTCP, Default: VerdictAllow}},
+		Ingress: []IngressRule{{RuleID: 1, Peer: prefix("10.1.0.0/16"), PortMin: 8000, PortMax: 8010,
+			Proto: ProtoTCP, Verdict: VerdictAllow}},
+	}
+	if err := d.ApplyTable(table); err != nil {
+		t.Fatal(err)
+	}
+	type packet struct {
+		src   string
+		dport uint16
+		want  uint32 // 1 passes, 0 drops
+	}
+	tests := []struct {
+		name    string
+		deny    IngressRule
+		written int
+		packets []packet
+	}{
+		{"new peer denied on its port", ingressRule(2, "192.0.2.0/24", 8050, VerdictDeny), 1,
+			[]packet{{"192.0.2.7", 8050, 0}, {"192.0.2.7", 8051, 1}, {"198.51.100.1", 8050, 1}}},
+		{"longer deny inside an allow", ingressRule(3, "10.1.2.0/24", 8005, VerdictDeny), 1,
+			[]packet{{"10.1.2.3", 8005, 0}, {"10.1.9.9", 8005, 1}}},
+		{"shorter deny under an allow waits", ingressRule(4, "10.0.0.0/8", 8003, VerdictDeny), 0,
+			[]packet{{"10.1.9.9", 8003, 1}}},
+		{"deny outside protected ports waits", ingressRule(5, "192.0.2.0/24", 9000, VerdictDeny), 0,
+			[]packet{{"192.0.2.7", 9000, 1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := d.PendDenies(nil, []IngressRule{tt.deny})
+			if err != nil || n != tt.written {
+				t.Fatalf("PendDenies: %d, %v; want %d", n, err, tt.written)
+			}
+			for _, p := range tt.packets {
+				pkt := ipv4TCP(p.src, "192.0.2.100", 40000, p.dport, 0x02)
+				ret, err := d.objs.VigilIngress.Run(&ebpf.RunOptions{Data: pkt})
+				if err != nil {
+					t.Fatalf("test run: %v", err)
+				}
+				if ret != p.want {
+					t.Errorf("packet from %s to port %d: verdict %d, want %d", p.src, p.dport, ret, p.want)
+				}
+			}
+			if err := d.ClearPending(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestCutOnlyChangeSkipsSwap checks that a table differing only in its cut
+// peers and kill list is applied without a table swap, and one with other
+// rules with one.
+func TestCutOnlyChangeSkipsSwap(t *testing.T) {
+	d, _ := openScoped(t, Config{})
+	base := benchTable(10)
+	withCut := base
+	withCut.Cut = []Peer{{Addr: netip.MustParseAddr("192.0.2.9")}}
+	withCut.KillOnExec = []ExecIdentity{{Dev: 1, Ino: 2}}
+	changed := withCut
+	changed.DefaultEgress = VerdictAudit
+	tests := []struct {
+		name      string
+		table     Table
+		wantSwaps uint32
+	}{
+		{"first table", base, 1},
+		{"same rules", base, 0},
+		{"cut and kill list only", withCut, 0},
+		{"default changed", changed, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := generation(t, d)
+			if err := d.ApplyTable(tt.table); err != nil {
+				t.Fatal(err)
+			}
+			if swaps := generation(t, d) - before; swaps != tt.wantSwaps {
+				t.Errorf("%d table swaps, want %d", swaps, tt.wantSwaps)
+			}
+		})
+	}
+	var origin uint8
+	if err := d.objs.CutPeers.Lookup(&bpfCutKey{Addr: netip.MustParseAddr("192.0.2.9").As16()}, &origin); err != nil {
+		t.Errorf("cut peer of the table without a swap: %v", err)
+	}
+}
+
+// generation returns the generation of the live table slot.
+func generation(t *testing.T, d *Dataplane) uint32 {
+	t.Helper()
+	var slot uint32
+	var s bpfTableSettings
+	if err := d.objs.ActiveSlot.Lookup(uint32(0), &slot); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.objs.Settings.Lookup(slot&1, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s.Generation
 }
