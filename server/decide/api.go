@@ -133,7 +133,10 @@ func (e *Engine) agentOnline(o *outbox, agent string,
 	moved := !known || fmt.Sprint(parseAddrs(addrs)) != fmt.Sprint(parseAddrs(r.Addresses))
 	r.Addresses, r.Scope, r.Online = addrs, hello.GetScope(), true
 	o.full = agent
-	e.rebuildWorld()
+	conflicts := e.rebuildWorld()
+	if err := e.handle(o, e.conflictFindings(conflicts)); err != nil {
+		return nil, err
+	}
 	if err := e.handle(o, e.detect.Posture(agent, hello.GetPosture(), e.now())); err != nil {
 		return nil, err
 	}
@@ -141,7 +144,7 @@ func (e *Engine) agentOnline(o *outbox, agent string,
 
 	targets := []string{agent}
 	switch {
-	case moved && e.hosts[agent]:
+	case len(conflicts) > 0 || moved && e.hosts[agent]:
 		targets = e.allAgents()
 	case moved:
 		targets = e.affected(map[string]bool{detect.DeviceEntity(agent): true})

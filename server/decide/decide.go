@@ -79,6 +79,7 @@ type Engine struct {
 	seq           uint64                    // finding ids and history key order; guarded by mu
 	hosts         map[string]bool           // agents that run a service; guarded by mu
 	worldAgents   map[string]*policy.Agent  // compile view of agents; guarded by mu
+	conflicts     map[string]string         // agent → its contested addresses; guarded by mu
 }
 
 var _ api.Engine = (*Engine)(nil)

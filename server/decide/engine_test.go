@@ -614,3 +614,39 @@ func TestRevokedAgentLosesAdmission(t *testing.T) {
 		t.Errorf("revoked laptop admitted again after a restart")
 	}
 }
+
+// conflictFindings returns the address-conflict findings recorded so far,
+// as "entity" strings.
+func (s *recSink) conflictFindings() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, ev := range s.events {
+		if f := ev.GetFinding(); f.GetDetector() == addressConflict && f.GetSeverity() == "high" {
+			out = append(out, f.GetEntity())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestContestedAddressAdmitsNone checks that an address two agents claim
+// admits neither, that each claimant gets one finding per change, and that
+// the address admits its agent again once the other drops its claim.
+func TestContestedAddressAdmitsNone(t *testing.T) {
+	f := newFixture(t)
+	f.online("mallory", "10.1.0.2")
+	if got := ingressVerdict(f.table("crm-host"), "10.1.0.2/32"); got == vigilpb.Verdict_VERDICT_ALLOW {
+		t.Errorf("contested 10.1.0.2 still admitted to crm")
+	}
+	want := []string{"device/laptop", "device/mallory"}
+	equal(t, "findings", f.sink.conflictFindings(), want)
+
+	f.online("mallory", "10.1.0.2")
+	f.online("laptop", "10.1.0.2")
+	equal(t, "findings after the same hellos", f.sink.conflictFindings(), want)
+
+	f.online("mallory", "10.1.0.9")
+	equal(t, "laptop admitted again", ingressVerdict(f.table("crm-host"), "10.1.0.2/32"), vigilpb.Verdict_VERDICT_ALLOW)
+	equal(t, "findings after the claim ended", f.sink.conflictFindings(), want)
+}

@@ -2,6 +2,7 @@ package decide
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -11,6 +12,28 @@ import (
 	"github.com/vigilsec/vigil/server/detect"
 	"github.com/vigilsec/vigil/server/evaluate"
 )
+
+// addressConflict is the detector of findings on devices whose reported
+// addresses other agents report too.
+const addressConflict = "address-conflict"
+
+// conflictFindings returns one finding per device that now shares
+// addresses with another agent, from rebuildWorld's changes; a device whose
+// conflict ended gets none.
+func (e *Engine) conflictFindings(changed map[string][]netip.Addr) []detect.Finding {
+	var fs []detect.Finding
+	for _, agent := range sortedKeys(changed) {
+		if len(changed[agent]) == 0 {
+			continue
+		}
+		fs = append(fs, detect.Finding{Finding: evaluate.Finding{
+			Entity: detect.DeviceEntity(agent), Agent: agent, Detector: addressConflict,
+			Severity: "high", Source: "server",
+			Reason: fmt.Sprintf("address claimed by several agents: %v admits none of them", changed[agent]),
+		}})
+	}
+	return fs
+}
 
 // batch is what handling a set of findings changed, to be recompiled once.
 type batch struct {

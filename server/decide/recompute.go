@@ -17,13 +17,74 @@ import (
 
 // rebuildWorld refreshes the compile view of agents and the set of service
 // hosts. Called with mu held whenever agents, addresses or the policy
-// change.
-func (e *Engine) rebuildWorld() {
+// change. It returns the agents whose contested addresses changed, with
+// the addresses now contested (empty when none is any more).
+//
+// BUG: an agent's addresses are taken on its word, so an enrolled agent can
+// still claim an address no other agent reports, such as that of a host
+// without an agent, and be admitted by it.
+func (e *Engine) rebuildWorld() map[string][]netip.Addr {
+	claims := e.parseClaims()
+	contested := contestedAddrs(claims)
 	e.worldAgents = make(map[string]*policy.Agent, len(e.agents))
-	for name, r := range e.agents {
-		e.worldAgents[name] = &policy.Agent{Name: name, Addresses: parseAddrs(r.Addresses),
-			Users: e.detect.Users(name)}
+	conflicts := map[string]string{}
+	changed := map[string][]netip.Addr{}
+	for name := range e.agents {
+		kept, lost := splitContested(claims[name], contested)
+		e.worldAgents[name] = &policy.Agent{Name: name, Addresses: kept, Users: e.detect.Users(name)}
+		if len(lost) > 0 {
+			conflicts[name] = fmt.Sprint(lost)
+		}
+		if conflicts[name] != e.conflicts[name] {
+			changed[name] = lost
+		}
 	}
+	e.conflicts = conflicts
+	e.rebuildHosts()
+	return changed
+}
+
+// parseClaims parses every agent's reported addresses.
+func (e *Engine) parseClaims() map[string][]netip.Addr {
+	claims := make(map[string][]netip.Addr, len(e.agents))
+	for name, r := range e.agents {
+		claims[name] = parseAddrs(r.Addresses)
+	}
+	return claims
+}
+
+// contestedAddrs returns the addresses more than one agent claims: none of
+// them may admit any of its claimants, since the server cannot tell which
+// one, if any, owns it.
+func contestedAddrs(claims map[string][]netip.Addr) map[netip.Addr]bool {
+	owner := map[netip.Addr]string{}
+	contested := map[netip.Addr]bool{}
+	for name, addrs := range claims {
+		for _, a := range addrs {
+			if o, ok := owner[a]; ok && o != name {
+				contested[a] = true
+			}
+			owner[a] = name
+		}
+	}
+	return contested
+}
+
+// splitContested splits addrs into those only their agent claims and the
+// contested ones.
+func splitContested(addrs []netip.Addr, contested map[netip.Addr]bool) (kept, lost []netip.Addr) {
+	for _, a := range addrs {
+		if contested[a] {
+			lost = append(lost, a)
+		} else {
+			kept = append(kept, a)
+		}
+	}
+	return kept, lost
+}
+
+// rebuildHosts refreshes the set of agents that run a service.
+func (e *Engine) rebuildHosts() {
 	e.hosts = map[string]bool{}
 	for _, s := range e.policy.Services {
 		for _, a := range s.Agents {
