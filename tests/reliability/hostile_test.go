@@ -91,7 +91,7 @@ func TestOversizedAndMalformedMessagesRefused(t *testing.T) {
 }
 
 // wrongSecret returns tok with its secret replaced by a random one.
-func wrongSecret(t *testing.T, tok string) string {
+func wrongSecret(tok string) string {
 	parts := strings.Split(tok, ".")
 	b := make([]byte, 16)
 	rand.Read(b)
@@ -107,7 +107,7 @@ func TestEnrollmentTokenGuessingIsLimited(t *testing.T) {
 
 	var codesSeen []codes.Code
 	for range 12 {
-		_, err := enroll.Enroll(ctx, s.Addr, wrongSecret(t, good), "guesser", t.TempDir())
+		_, err := enroll.Enroll(ctx, s.Addr, wrongSecret(good), "guesser", t.TempDir())
 		codesSeen = append(codesSeen, status.Code(err))
 	}
 	t.Logf("guess outcomes: %v", codesSeen)
@@ -219,7 +219,7 @@ func TestSecretsStayOutOfLogsAndFilesArePrivate(t *testing.T) {
 	unused := s.Token()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	enroll.Enroll(ctx, s.Addr, wrongSecret(t, unused), "intruder", t.TempDir())
+	enroll.Enroll(ctx, s.Addr, wrongSecret(unused), "intruder", t.TempDir())
 	a.Proc.Stop(syscall.SIGTERM)
 	s.Proc.Stop(syscall.SIGTERM)
 
