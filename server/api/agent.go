@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -227,7 +228,9 @@ func (s *Server) ingest(ctx context.Context, sess *session, b *vigilpb.EventBatc
 	if err := checkDropped(b); err != nil {
 		return err
 	}
-	stored, mark, err := s.cfg.Store.AppendBatch(sess.agent, evs, b.GetDroppedThrough())
+	batch := s.screen(sess.agent, evs, time.Now())
+	batch.DroppedThrough = b.GetDroppedThrough()
+	stored, mark, err := s.cfg.Store.AppendBatch(sess.agent, batch)
 	if errors.Is(err, store.ErrZeroSeq) {
 		return status.Error(codes.InvalidArgument, "event without a sequence number")
 	}
@@ -235,7 +238,7 @@ func (s *Server) ingest(ctx context.Context, sess *session, b *vigilpb.EventBatc
 		return s.internal("store events", err)
 	}
 
-	s.cfg.Metrics.Duplicates(len(evs) - len(stored))
+	s.cfg.Metrics.Duplicates(len(batch.Events) - len(stored))
 	if len(stored) > 0 {
 		s.logErr(s.cfg.Engine.Ingest(ctx, sess.agent, stored), "ingest events", sess.agent)
 	}

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -90,6 +91,9 @@ type Server struct {
 	enrollRL *keyedLimiter
 	quit     chan struct{}
 	quitOnce sync.Once
+	// refused counts agent events refused for their kind; it is safe for
+	// concurrent use.
+	refused *prometheus.CounterVec
 	// receivers counts the agent streams' receive goroutines, which
 	// Shutdown waits for so no message is handled after it returns.
 	receivers sync.WaitGroup
@@ -110,7 +114,7 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	s := &Server{cfg: cfg, log: cfg.Logger, quit: make(chan struct{}),
-		enrollRL: newKeyedLimiter(0.2, enrollBurst, 10000)}
+		enrollRL: newKeyedLimiter(0.2, enrollBurst, 10000), refused: newRefusedCounter(cfg.Metrics)}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),

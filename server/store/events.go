@@ -34,14 +34,26 @@ var ErrZeroSeq = errors.New("agent event has sequence 0")
 // Sequences start at 1; a gap holds the acknowledgement at the last
 // contiguous sequence until the missing events arrive.
 func (s *Store) AppendEvents(agent string, events []*vigilpb.Event) ([]*vigilpb.Event, uint64, error) {
-	return s.AppendBatch(agent, events, 0)
+	return s.AppendBatch(agent, Batch{Events: events})
 }
 
-// AppendBatch is AppendEvents for a batch whose agent dropped every event up
-// to and including droppedThrough before sending it: the contiguous mark is
-// raised past them, durably, so the acknowledgement no longer waits for
-// events that will never come. Zero means nothing was dropped.
-func (s *Store) AppendBatch(agent string, events []*vigilpb.Event, droppedThrough uint64) ([]*vigilpb.Event, uint64, error) {
+// Batch is one agent batch as AppendBatch takes it.
+type Batch struct {
+	// Events are stored unless already stored.
+	Events []*vigilpb.Event
+	// Refused are sequence numbers of events the caller would not store:
+	// they count as received, so the acknowledgement passes them, but
+	// nothing is stored under them.
+	Refused []uint64
+	// DroppedThrough says the agent dropped every event up to and
+	// including it before sending it; zero means nothing was dropped.
+	DroppedThrough uint64
+}
+
+// AppendBatch is AppendEvents for a batch with refused or dropped events:
+// the contiguous mark is raised past them, durably, so the acknowledgement
+// no longer waits for events that will never be stored.
+func (s *Store) AppendBatch(agent string, b Batch) ([]*vigilpb.Event, uint64, error) {
 	s.evMu.Lock()
 	defer s.evMu.Unlock()
 	var stored []*vigilpb.Event
@@ -50,11 +62,14 @@ func (s *Store) AppendBatch(agent string, events []*vigilpb.Event, droppedThroug
 
 	err := s.db.Update(func(txn *badger.Txn) error {
 		var err error
-		stored, added, err = s.putNew(txn, agent, events)
+		stored, added, err = s.putNew(txn, agent, b.Events)
 		if err != nil {
 			return err
 		}
-		if err := skipDropped(txn, agent, droppedThrough); err != nil {
+		if err := markRefused(txn, agent, b.Refused); err != nil {
+			return err
+		}
+		if err := skipDropped(txn, agent, b.DroppedThrough); err != nil {
 			return err
 		}
 		mark, err = advanceMark(txn, agent)
@@ -116,6 +131,25 @@ func advanceMark(txn *badger.Txn, agent string) (uint64, error) {
 		return mark, nil
 	}
 	return mark, putUint(txn, markKey(agent), mark)
+}
+
+// markRefused records refused sequence numbers as received.
+func markRefused(txn *badger.Txn, agent string, seqs []uint64) error {
+	mark, err := getUint(txn, markKey(agent))
+	if err != nil {
+		return err
+	}
+	for _, seq := range seqs {
+		if seq == 0 {
+			return ErrZeroSeq
+		}
+		if seq > mark {
+			if err := txn.Set(agentKey(pfxDedupe, agent, seq), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // skipDropped raises the agent's contiguous mark to through when it is

@@ -331,7 +331,7 @@ func TestAppendBatchDropped(t *testing.T) {
 		{name: "stale drop mark", seqs: []uint64{12}, through: 5, stored: 1, wantAck: 12},
 	}
 	for _, st := range steps {
-		stored, ack, err := s.AppendBatch("a", events(st.seqs...), st.through)
+		stored, ack, err := s.AppendBatch("a", Batch{Events: events(st.seqs...), DroppedThrough: st.through})
 		if err != nil || len(stored) != st.stored || ack != st.wantAck {
 			t.Fatalf("%s: stored %d ack %d err %v, want %d ack %d", st.name, len(stored), ack, err,
 				st.stored, st.wantAck)
