@@ -184,7 +184,7 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 			return s.internal("store instruction ack", err)
 		}
 	case *vigilpb.AgentMessage_TableAck:
-		s.tableAcked(agent, body.TableAck)
+		s.tableAcked(sess, body.TableAck)
 	case *vigilpb.AgentMessage_Posture:
 		s.clampPosture(agent, body.Posture)
 		s.logErr(s.cfg.Registry.Posture(agent, body.Posture), "record posture", agent)
@@ -207,7 +207,15 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 	return nil
 }
 
-func (s *Server) tableAcked(agent string, ack *vigilpb.TableAck) {
+// tableAcked records the table version an agent enforces now. An ack for
+// a version this stream never carried is ignored: the agent cannot hold it.
+func (s *Server) tableAcked(sess *session, ack *vigilpb.TableAck) {
+	agent := sess.agent
+	if !sess.sentVersion(ack.GetVersion()) {
+		s.log.Warn("table ack for a version never sent ignored", "agent", agent,
+			"table_version", ack.GetVersion())
+		return
+	}
 	if ack.GetError() != "" {
 		s.log.Warn("agent could not apply table", "agent", agent, "table_version", ack.GetVersion(),
 			"err", ack.GetError())

@@ -27,9 +27,11 @@ type session struct {
 
 	mu sync.Mutex
 	// tableSent is false while a full table is being computed; diffs pushed
-	// meanwhile are held. Guarded by mu, as are tableVersion and held.
+	// meanwhile are held. Guarded by mu, as are tableVersion, firstVersion
+	// and held.
 	tableSent    bool
-	tableVersion uint64
+	tableVersion uint64 // the newest table version sent
+	firstVersion uint64 // the first table version sent, 0 before any
 	held         []*vigilpb.TableDiff
 
 	// insReady says pending instructions were delivered, so new ones may go
@@ -78,6 +80,9 @@ func (s *session) sendTable(t *vigilpb.VerdictTable) {
 	defer s.mu.Unlock()
 	s.send(&vigilpb.ServerMessage{Body: &vigilpb.ServerMessage_Table{Table: t}})
 	s.tableSent, s.tableVersion = true, t.GetVersion()
+	if s.firstVersion == 0 {
+		s.firstVersion = t.GetVersion()
+	}
 	for _, d := range s.held {
 		if d.GetVersion() > s.tableVersion {
 			s.sendDiffLocked(d)
@@ -106,4 +111,13 @@ func (s *session) pushDiff(d *vigilpb.TableDiff) {
 func (s *session) sendDiffLocked(d *vigilpb.TableDiff) {
 	s.send(&vigilpb.ServerMessage{Body: &vigilpb.ServerMessage_Diff{Diff: d}})
 	s.tableVersion = d.GetVersion()
+}
+
+// sentVersion reports whether table version v went out on this stream:
+// every version from the first table sent to the newest did, since a table
+// changes one version at a time and each change goes out as a diff.
+func (s *session) sentVersion(v uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.firstVersion != 0 && s.firstVersion <= v && v <= s.tableVersion
 }
