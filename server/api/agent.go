@@ -195,7 +195,7 @@ func (s *Server) handle(ctx context.Context, sess *session, msg *vigilpb.AgentMe
 	case *vigilpb.AgentMessage_Hello:
 		// A second hello asks for a full table (the agent lost track of
 		// its version).
-		if err := checkHelloBounds(body.Hello); err != nil {
+		if err := checkHello(body.Hello, agent); err != nil {
 			return err
 		}
 		s.clampPosture(agent, body.Hello.GetPosture())

@@ -26,9 +26,10 @@ const (
 	maxCapabilities = 64
 )
 
-// checkHello refuses a hello that names another agent than the certificate
-// (PermissionDenied), or carries more addresses or capabilities than
-// allowed, or an address that does not parse (InvalidArgument).
+// checkHello refuses a hello, the first on a stream or a later one, that
+// names another agent than the certificate (PermissionDenied), or carries
+// more addresses or capabilities than allowed, or an address that does not
+// parse (InvalidArgument).
 func checkHello(hello *vigilpb.Hello, name string) error {
 	if hello.GetName() != name {
 		return status.Errorf(codes.PermissionDenied,
@@ -37,8 +38,6 @@ func checkHello(hello *vigilpb.Hello, name string) error {
 	return checkHelloBounds(hello)
 }
 
-// checkHelloBounds refuses a hello with more addresses or capabilities than
-// allowed, or an address that does not parse (InvalidArgument).
 func checkHelloBounds(hello *vigilpb.Hello) error {
 	addrs := hello.GetAddresses()
 	if len(addrs) > maxHelloAddresses {

@@ -95,3 +95,20 @@ func checkListedPosture(t *testing.T, ts *testServer) {
 			len(p.GetProcessNames()), len(p.GetHostname()), len(p.GetUsers()[0]))
 	}
 }
+
+// TestSecondHelloNamesAnother checks that a later hello naming another
+// agent is refused like a first one.
+func TestSecondHelloNamesAnother(t *testing.T) {
+	ts := runServer(t, t.TempDir())
+	ts.enroll(t, "victim")
+	a := ts.connect(t, ts.enroll(t, "laptop"), "laptop")
+	a.next(t) // table
+	a.send(t, &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Hello{
+		Hello: &vigilpb.Hello{Name: "victim", Addresses: []string{"10.9.9.9"}}}})
+	wantCode(t, a.end(t), codes.PermissionDenied)
+	ts.engine.mu.Lock()
+	defer ts.engine.mu.Unlock()
+	if len(ts.engine.online) != 1 {
+		t.Errorf("engine saw hellos of %v, want only laptop's first", ts.engine.online)
+	}
+}
