@@ -3859,7 +3859,8 @@ type QueryEventsRequest struct {
 	Kinds []EventKind `protobuf:"varint,2,rep,packed,name=kinds,proto3,enum=vigil.v1.EventKind" json:"kinds,omitempty"`
 	// since_unix_nano keeps events at or after this time.
 	SinceUnixNano int64 `protobuf:"varint,3,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
-	// limit caps the number returned (newest kept); 0 means 1000.
+	// limit caps the number returned (newest kept); 0 means 1000. The
+	// server caps it at 5000.
 	Limit         uint32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3927,7 +3928,11 @@ func (x *QueryEventsRequest) GetLimit() uint32 {
 type QueryEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// events are the matches.
-	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// truncated says older matches were left out, beyond the limit asked, to
+	// keep the response within the server's message bound; a narrower query
+	// (since, agent, kinds) returns them.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3967,6 +3972,13 @@ func (x *QueryEventsResponse) GetEvents() []*Event {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *QueryEventsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
 }
 
 // FollowEventsRequest filters the live stream.
@@ -4903,9 +4915,10 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12)\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x13.vigil.v1.EventKindR\x05kinds\x12&\n" +
 	"\x0fsince_unix_nano\x18\x03 \x01(\x03R\rsinceUnixNano\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\rR\x05limit\">\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"\\\n" +
 	"\x13QueryEventsResponse\x12'\n" +
-	"\x06events\x18\x01 \x03(\v2\x0f.vigil.v1.EventR\x06events\"V\n" +
+	"\x06events\x18\x01 \x03(\v2\x0f.vigil.v1.EventR\x06events\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"V\n" +
 	"\x13FollowEventsRequest\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12)\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x13.vigil.v1.EventKindR\x05kinds\"\x8a\x01\n" +
