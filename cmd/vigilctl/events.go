@@ -25,7 +25,7 @@ func eventsCommand() *cli.Command {
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"F"}, Usage: "stream live events until interrupted"},
 			&cli.StringFlag{Name: "agent", Usage: "only agent `A`'s events"},
 			&cli.StringSliceFlag{Name: "kind", Usage: "only kind `K` (repeat or comma-separate): " + kindList()},
-			&cli.UintFlag{Name: "limit", Usage: "at most `N` stored events, newest kept (default 1000)"},
+			&cli.UintFlag{Name: "limit", Usage: "at most `N` stored events, newest kept (default 1000, at most 5000)"},
 			outputFlag,
 		},
 		Action: events,
@@ -94,6 +94,10 @@ func queryEvents(c *cli.Context, s *session, kinds []vigilpb.EventKind, emit fun
 		if err := emit(ev); err != nil {
 			return err
 		}
+	}
+	if resp.GetTruncated() {
+		fmt.Fprintf(c.App.ErrWriter, "events: %d newest shown; older ones left out to keep the reply "+
+			"within the server's message bound, narrow with --agent or --kind\n", len(resp.GetEvents()))
 	}
 	return nil
 }

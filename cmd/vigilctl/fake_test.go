@@ -126,6 +126,7 @@ type fakeAdmin struct {
 	history  *vigilpb.PolicyHistoryResponse
 	policy   *vigilpb.GetPolicyResponse
 	events   []*vigilpb.Event
+	cutShort bool // QueryEvents says it left older events out
 	apply    *vigilpb.ApplyPolicyResponse
 	explain  *vigilpb.ExplainResponse
 	outcome  *vigilpb.InstructionResponse
@@ -199,7 +200,7 @@ func (f *fakeAdmin) PolicyHistory(ctx context.Context, r *vigilpb.PolicyHistoryR
 }
 
 func (f *fakeAdmin) QueryEvents(ctx context.Context, r *vigilpb.QueryEventsRequest) (*vigilpb.QueryEventsResponse, error) {
-	return &vigilpb.QueryEventsResponse{Events: f.events}, f.record(ctx, r, "")
+	return &vigilpb.QueryEventsResponse{Events: f.events, Truncated: f.cutShort}, f.record(ctx, r, "")
 }
 
 // FollowEvents sends the canned events, then holds the stream open until

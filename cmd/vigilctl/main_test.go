@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -208,6 +209,21 @@ func TestEventsJSONLines(t *testing.T) {
 		if !proto.Equal(&ev, fx.fake.events[i]) {
 			t.Errorf("line %d: got %v, want %v", i, &ev, fx.fake.events[i])
 		}
+	}
+}
+
+// TestEventsTruncatedSaysSo checks that a reply the server cut to its
+// message bound is flagged on stderr, leaving stdout to the events.
+func TestEventsTruncatedSaysSo(t *testing.T) {
+	fx := newFixture(t)
+	fx.fake.cutShort = true
+	r := fx.ctl(t, "events", "--limit", "10000", "-o", "json")
+	want := fmt.Sprintf("events: %d newest shown; older ones left out", len(fx.fake.events))
+	if r.code != exitOK || !strings.HasPrefix(r.stderr, want) {
+		t.Fatalf("want exit 0 and stderr %q, got %s", want, r)
+	}
+	if lines := strings.Count(r.stdout, "\n"); lines != len(fx.fake.events) {
+		t.Errorf("stdout has %d lines, want %d events", lines, len(fx.fake.events))
 	}
 }
 

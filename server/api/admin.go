@@ -17,7 +17,10 @@ import (
 // Query limits.
 const (
 	defaultQueryLimit = 1000
-	maxQueryLimit     = 100000
+	maxQueryLimit     = 5000
+	// maxQueryBytes bounds the events of one QueryEvents response, below
+	// MaxMessageBytes with room for the rest of the message.
+	maxQueryBytes = MaxMessageBytes - 64<<10
 )
 
 // ListAgents lists enrolled agents with their device level.
@@ -103,19 +106,22 @@ func (s *Server) PolicyHistory(context.Context, *vigilpb.PolicyHistoryRequest) (
 	return &vigilpb.PolicyHistoryResponse{Policies: ps}, nil
 }
 
-// QueryEvents returns stored events, oldest first.
+// QueryEvents returns stored events, oldest first: the newest matches, at
+// most the limit asked (capped at maxQueryLimit) and as many as fit in one
+// message; Truncated says the size left older ones out.
 func (s *Server) QueryEvents(_ context.Context, req *vigilpb.QueryEventsRequest) (*vigilpb.QueryEventsResponse, error) {
 	limit := int(req.GetLimit())
 	if limit == 0 {
 		limit = defaultQueryLimit
 	}
 	limit = min(limit, maxQueryLimit)
-	evs, err := s.cfg.Store.QueryEvents(store.EventFilter{Agent: req.GetAgent(), Kinds: req.GetKinds(),
-		Since: req.GetSinceUnixNano(), Limit: limit})
+	f := store.EventFilter{Agent: req.GetAgent(), Kinds: req.GetKinds(), Since: req.GetSinceUnixNano(),
+		Limit: limit}
+	evs, truncated, err := s.cfg.Store.QueryEventsBounded(f, maxQueryBytes)
 	if err != nil {
 		return nil, s.internal("query events", err)
 	}
-	return &vigilpb.QueryEventsResponse{Events: evs}, nil
+	return &vigilpb.QueryEventsResponse{Events: evs, Truncated: truncated}, nil
 }
 
 // FollowEvents streams events as they are stored. A follower that reads

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
@@ -254,11 +255,20 @@ func (f EventFilter) Match(ev *vigilpb.Event) bool {
 
 // QueryEvents returns matching events, oldest first.
 func (s *Store) QueryEvents(f EventFilter) ([]*vigilpb.Event, error) {
-	var out []*vigilpb.Event
-	err := s.db.View(func(txn *badger.Txn) error {
+	out, _, err := s.QueryEventsBounded(f, 0)
+	return out, err
+}
+
+// QueryEventsBounded is QueryEvents keeping the newest matches whose
+// encodings, with their framing in a repeated field, add up to at most
+// maxBytes (0: no bound). truncated says an older match was left out for
+// the bound.
+func (s *Store) QueryEventsBounded(f EventFilter, maxBytes int) (out []*vigilpb.Event, truncated bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pfxEvent), Reverse: true})
 		defer it.Close()
 		floor := timeKey(pfxEvent, f.Since, 0)
+		size := 0
 		for it.Seek(append([]byte(pfxEvent), 0xff)); it.Valid(); it.Next() {
 			if bytes.Compare(it.Item().Key(), floor) < 0 || (f.Limit > 0 && len(out) >= f.Limit) {
 				break
@@ -267,14 +277,26 @@ func (s *Store) QueryEvents(f EventFilter) ([]*vigilpb.Event, error) {
 			if err := it.Item().Value(func(b []byte) error { return proto.Unmarshal(b, ev) }); err != nil {
 				return fmt.Errorf("decode event: %w", err)
 			}
-			if f.Match(ev) {
-				out = append(out, ev)
+			if !f.Match(ev) {
+				continue
 			}
+			if size += framedSize(ev); maxBytes > 0 && size > maxBytes {
+				truncated = true
+				break
+			}
+			out = append(out, ev)
 		}
 		return nil
 	})
 	slices.Reverse(out)
-	return out, err
+	return out, truncated, err
+}
+
+// framedSize is ev's size as an element of a repeated message field: the
+// encoding, a one-byte tag and its length as a varint.
+func framedSize(ev *vigilpb.Event) int {
+	n := proto.Size(ev)
+	return 1 + protowire.SizeVarint(uint64(n)) + n
 }
 
 // Prune applies the retention bounds now.
