@@ -192,6 +192,7 @@ func newAgent(ctx context.Context, cfg Config, creds *enroll.Credentials,
 	if a.spool, err = spool.Open(filepath.Join(cfg.DataDir, "spool"), cfg.SpoolLimit); err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
+	a.logSpoolRepair(a.spool.Recovery())
 	if err := a.openApplier(ctx); err != nil {
 		a.spool.Close()
 		return nil, err
@@ -201,6 +202,17 @@ func newAgent(ctx context.Context, cfg Config, creds *enroll.Credentials,
 		Addr: cfg.Server, TLS: creds.ClientTLS(), Spool: a.spool, Handler: a, Logger: a.log,
 	})
 	return a, nil
+}
+
+// logSpoolRepair warns about damage Open repaired in the spool.
+func (a *agent) logSpoolRepair(r spool.Recovery) {
+	if r.StateRebuilt {
+		a.log.Warn("spool state unreadable, rebuilt from the segments; held events are sent again",
+			"err", r.StateErr)
+	}
+	if r.DamagedBytes > 0 || r.LostEvents > 0 {
+		a.log.Warn("spool damaged, unreadable bytes cut out", "bytes", r.DamagedBytes, "lost", r.LostEvents)
+	}
 }
 
 // openApplier restores the saved table and writes it in its offline form

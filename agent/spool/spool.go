@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -55,7 +56,9 @@ type Spool struct {
 	next    uint64    // sequence number of the next append; guarded by mu
 	durable uint64    // highest sequence fsynced; guarded by mu
 	acked   uint64    // highest sequence the server stored; guarded by mu
+	base    uint64    // lowest sequence an append may take; guarded by mu
 	dropped uint64    // events dropped to stay within the limit; guarded by mu
+	repair  Recovery  // what Open repaired; guarded by mu
 	size    int64     // bytes in all segments; guarded by mu
 	cursor  cursor    // where the last Read stopped; guarded by mu
 }
@@ -77,8 +80,11 @@ type cursor struct {
 }
 
 // Open opens or creates the spool in dir (created 0700 when missing). limit
-// bounds the bytes on disk; 0 means DefaultLimit. A torn record at the end of
-// a segment, left by a crash, is cut off.
+// bounds the bytes on disk; 0 means DefaultLimit. Damage does not stop it:
+// bytes of a segment that form no good record (a torn tail left by a crash,
+// a damaged disk) are cut out, keeping the records around them, and a loss
+// event counts the events they held; a state file that does not parse is
+// rebuilt from the segments. Recovery says what was repaired.
 func Open(dir string, limit int64) (*Spool, error) {
 	if limit <= 0 {
 		limit = DefaultLimit
@@ -87,10 +93,19 @@ func Open(dir string, limit int64) (*Spool, error) {
 		return nil, fmt.Errorf("create spool dir: %w", err)
 	}
 	s := &Spool{dir: dir, limit: limit}
-	if err := s.loadState(); err != nil {
+	stateErr, err := s.loadState()
+	if err != nil {
 		return nil, err
 	}
 	if err := s.loadSegments(); err != nil {
+		return nil, err
+	}
+	if stateErr != nil {
+		if err := s.rebuildState(stateErr); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.reportDamage(); err != nil {
 		return nil, err
 	}
 	return s, s.dropAcked()
@@ -174,8 +189,12 @@ func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
+	held := s.next
+	if len(s.segs) > 0 {
+		held = s.segs[0].first
+	}
 	return Stats{
-		Bytes: s.size, Pending: s.next - 1 - s.acked, Acked: s.acked,
+		Bytes: s.size, Pending: s.next - max(s.acked+1, held), Acked: s.acked,
 		Last: s.next - 1, Dropped: s.dropped,
 	}
 }
@@ -345,15 +364,21 @@ func (s *Spool) loadSegments() error {
 	}
 	sort.Strings(names)
 
-	s.next = s.acked + 1
+	s.next = max(s.acked+1, s.base)
 	for _, name := range names {
-		seg, err := scanSegment(name)
+		seg, dmg, err := scanSegment(name)
 		if err != nil {
 			return err
 		}
+		s.repair.DamagedBytes += dmg.bytes
+		s.repair.LostEvents += dmg.missing
+		s.repair.tornTail = dmg.tail
 		if seg.last < seg.first {
 			os.Remove(name)
 			continue
+		}
+		if n := len(s.segs); n > 0 && seg.first > s.segs[n-1].last+1 {
+			s.repair.LostEvents += seg.first - s.segs[n-1].last - 1
 		}
 		s.segs = append(s.segs, seg)
 		s.size += seg.size
@@ -382,39 +407,6 @@ func (s *Spool) reopenNewest() error {
 func unreadable(seq uint64) *vigilpb.Event {
 	return &vigilpb.Event{Seq: seq, Kind: vigilpb.EventKind_EVENT_KIND_LOSS, Lost: 1,
 		TimeUnixNano: time.Now().UnixNano(), Message: "spool record unreadable"}
-}
-
-// scanSegment reads a segment's records and truncates it after the last
-// good one.
-func scanSegment(path string) (segment, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return segment{}, fmt.Errorf("open spool segment: %w", err)
-	}
-	defer f.Close()
-
-	seg := segment{path: path}
-	for {
-		seq, payload, n, err := readRecord(f)
-		if err != nil {
-			break
-		}
-		ev := &vigilpb.Event{}
-		if proto.Unmarshal(payload, ev) == nil && ev.Kind == vigilpb.EventKind_EVENT_KIND_LOSS {
-			seg.lossRecords, seg.lost = seg.lossRecords+1, seg.lost+ev.Lost
-		}
-		if seg.size == 0 {
-			seg.first = seq
-		}
-		seg.last, seg.size = seq, seg.size+n
-	}
-	if seg.size == 0 {
-		seg.first, seg.last = 1, 0
-	}
-	if err := f.Truncate(seg.size); err != nil {
-		return segment{}, fmt.Errorf("truncate torn spool segment %s: %w", path, err)
-	}
-	return seg, nil
 }
 
 // errCorrupt marks a record that is torn or fails its checksum.
@@ -452,25 +444,49 @@ func readRecord(r io.Reader) (uint64, []byte, int64, error) {
 	return binary.LittleEndian.Uint64(hdr[8:]), body[8:], int64(headerBytes + n), nil
 }
 
-// loadState reads the acknowledged sequence and the drop count.
-func (s *Spool) loadState() error {
-	b, err := os.ReadFile(filepath.Join(s.dir, stateFile))
+// loadState reads the acknowledged sequence, the sequence floor and the
+// drop count. A state file that does not parse is returned as stateErr,
+// for Open to rebuild; err is a file that cannot be read.
+func (s *Spool) loadState() (stateErr, err error) {
+	path := filepath.Join(s.dir, stateFile)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read spool state: %w", err)
+		return nil, fmt.Errorf("read spool state: %w", err)
 	}
-	text := strings.TrimSpace(string(b))
-	if _, err := fmt.Sscanf(text, "acked=%d dropped=%d", &s.acked, &s.dropped); err != nil {
-		return fmt.Errorf("parse spool state %s: %w", filepath.Join(s.dir, stateFile), err)
+	acked, dropped, base, err := parseState(string(b))
+	if err != nil {
+		return fmt.Errorf("parse spool state %s: %w", path, err), nil
 	}
-	return nil
+	s.acked, s.dropped, s.base = acked, dropped, base
+	return nil, nil
+}
+
+// parseState parses "acked=N dropped=N base=N"; files written before the
+// floor existed lack base.
+func parseState(text string) (acked, dropped, base uint64, err error) {
+	fields := strings.Fields(text)
+	keys := []string{"acked", "dropped", "base"}
+	vals := []*uint64{&acked, &dropped, &base}
+	if len(fields) < 2 || len(fields) > len(keys) {
+		return 0, 0, 0, fmt.Errorf("%d fields, want 2 or 3", len(fields))
+	}
+	for i, f := range fields {
+		k, v, _ := strings.Cut(f, "=")
+		n, perr := strconv.ParseUint(v, 10, 64)
+		if k != keys[i] || perr != nil {
+			return 0, 0, 0, fmt.Errorf("field %d %.32q: want %s=N", i+1, f, keys[i])
+		}
+		*vals[i] = n
+	}
+	return acked, dropped, base, nil
 }
 
 // saveState writes the state file atomically (temp file, fsync, rename).
 func (s *Spool) saveState() error {
-	text := fmt.Sprintf("acked=%d dropped=%d\n", s.acked, s.dropped)
+	text := fmt.Sprintf("acked=%d dropped=%d base=%d\n", s.acked, s.dropped, s.base)
 	return WriteFileAtomic(filepath.Join(s.dir, stateFile), []byte(text), 0o600)
 }
 

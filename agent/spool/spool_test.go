@@ -174,9 +174,12 @@ func TestTornTailIsCut(t *testing.T) {
 	appendN(t, s2, 1, "b")
 	s2.Sync()
 	evs := readAll(t, s2, 0)
-	wantConsecutive(t, evs, 1, 5)
-	if evs[4].Message != "b-0" {
-		t.Errorf("event after torn tail %q, want b-0", evs[4].Message)
+	wantConsecutive(t, evs, 1, 6)
+	if evs[4].Kind != vigilpb.EventKind_EVENT_KIND_LOSS || evs[4].Lost != 1 || evs[5].Message != "b-0" {
+		t.Errorf("after the torn tail got %v, %v; want a loss of 1, then b-0", evs[4], evs[5])
+	}
+	if r := s2.Recovery(); r.DamagedBytes != 7 || r.LostEvents != 1 || r.StateRebuilt {
+		t.Errorf("recovery %+v, want 7 bytes and 1 event lost", r)
 	}
 }
 
