@@ -104,7 +104,7 @@ func ConnectOverhead(e *Env, rep *Report) error {
 		return err
 	}
 	s := map[string]samples{"tcp": {}, "udp": {}, "tcp-cpu": {}, "udp-cpu": {}}
-	for r := range e.rounds(11, 2) {
+	for r := range e.rounds(9, 2) {
 		if err := e.connectRound(cg, targets, s, r); err != nil {
 			return err
 		}

@@ -42,6 +42,14 @@ func NewEnv(log *slog.Logger, bin string, quick bool) (*Env, error) {
 	return &Env{Log: log, Quick: quick, Bin: bin, Self: self}, nil
 }
 
+// child returns an Env with the same options whose cleanups run at its
+// own Close, or at e's Close at the latest.
+func (e *Env) child() *Env {
+	c := &Env{Log: e.Log, Quick: e.Quick, Bin: e.Bin, Self: e.Self, Keep: e.Keep}
+	e.Defer(c.Close)
+	return c
+}
+
 // Defer registers f to run at Close, after every cleanup registered later.
 func (e *Env) Defer(f func()) {
 	e.mu.Lock()

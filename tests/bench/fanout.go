@@ -70,7 +70,11 @@ func FanOut(e *Env, rep *Report) error {
 		sizes = []int{100, 1000}
 	}
 	for _, n := range sizes {
-		if err := e.fanOut(rep, n); err != nil {
+		// Each size gets a fresh server; the previous one is gone.
+		c := e.child()
+		err := c.fanOut(rep, n)
+		c.Close()
+		if err != nil {
 			return fmt.Errorf("%d agents: %w", n, err)
 		}
 	}
@@ -102,10 +106,11 @@ func (e *Env) fanOut(rep *Report, n int) error {
 	heap0 := heapBytes()
 	start := time.Now()
 	srv.watch.arm(n)
-	if err := e.startFanOutWorker(srv.addr, creds); err != nil {
+	exited, err := e.startFanOutWorker(srv.addr, creds)
+	if err != nil {
 		return err
 	}
-	if err := srv.watch.wait(5 * time.Minute); err != nil {
+	if err := srv.watch.wait(5*time.Minute, exited); err != nil {
 		return fmt.Errorf("agents online: %w", err)
 	}
 	online := time.Since(start)
@@ -117,7 +122,7 @@ func (e *Env) fanOut(rep *Report, n int) error {
 	if err := applyPolicy(admin, fanOutChange); err != nil {
 		return err
 	}
-	if err := srv.watch.wait(time.Minute); err != nil {
+	if err := srv.watch.wait(time.Minute, exited); err != nil {
 		return fmt.Errorf("policy change acked: %w", err)
 	}
 	last := srv.watch.last.Sub(t0)
@@ -277,27 +282,28 @@ func (s *server) issueAgents(dir string, n int) (string, error) {
 }
 
 // startFanOutWorker starts the simulated agents; they disconnect at Close.
-func (e *Env) startFanOutWorker(addr, creds string) error {
+// The channel it returns is closed when the worker exits.
+func (e *Env) startFanOutWorker(addr, creds string) (<-chan struct{}, error) {
 	cmd := e.Worker(nil, "fanout", addr, creds)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start fan-out worker: %w", err)
+		return nil, fmt.Errorf("start fan-out worker: %w", err)
 	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	e.Defer(func() {
 		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
-			<-done
+			<-exited
 		}
 	})
-	return nil
+	return exited, nil
 }
 
 // ackWatch passes every call to the engine and notes table
@@ -336,13 +342,17 @@ func (w *ackWatch) TableAcked(agent string, version uint64) {
 	}
 }
 
-func (w *ackWatch) wait(timeout time.Duration) error {
+// wait waits for the agents armed for, unless the worker running them
+// exits or timeout passes.
+func (w *ackWatch) wait(timeout time.Duration, exited <-chan struct{}) error {
 	w.mu.Lock()
 	done := w.done
 	w.mu.Unlock()
 	select {
 	case <-done:
 		return nil
+	case <-exited:
+		return errors.New("fan-out worker exited (its error is on stderr)")
 	case <-time.After(timeout):
 		w.mu.Lock()
 		defer w.mu.Unlock()

@@ -36,7 +36,7 @@ func ObserveOverhead(e *Env, rep *Report) error {
 	}
 
 	s := map[string]samples{"exec": {}, "tcp": {}, "exec-cpu": {}, "tcp-cpu": {}}
-	for range e.rounds(9, 2) {
+	for range e.rounds(7, 2) {
 		rand.Shuffle(len(variants), func(i, j int) { variants[i], variants[j] = variants[j], variants[i] })
 		for _, v := range variants {
 			if err := e.observeSample(cg, v, audit, tcp, s); err != nil {

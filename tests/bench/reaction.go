@@ -55,7 +55,7 @@ func Reaction(e *Env, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	n := e.rounds(40, 8)
+	n := e.rounds(30, 8)
 	steps := []struct {
 		name, metric string
 		p99          float64
@@ -208,6 +208,9 @@ func (rx *reaction) denyLatencies(n int) ([]float64, error) {
 			return nil, err
 		}
 		lat = append(lat, float64(t1-t0)/1e6)
+		if t1-t0 > int64(time.Second) {
+			rx.e.Log.Warn("slow deny", "ms", (t1-t0)/1e6, "at", time.Now().Add(-time.Duration(monoNow()-t1)))
+		}
 		if _, err := rx.report("high"); err != nil {
 			return nil, err
 		}
