@@ -236,9 +236,9 @@ func (a *Applier) pendDenies(d *vigilpb.TableDiff) {
 
 // OnExec is called for every exec the event loop sees. When the fresh hash
 // of the executable is on the kill list and the kernel did not kill it, the
-// process is killed from user space at once, and the table is rewritten so
-// the kernel kills later execs of that file itself. It returns whether it
-// killed the process.
+// process and every descendant it forked meanwhile are killed from user
+// space at once, and the table is rewritten so the kernel kills later execs
+// of that file itself. It returns whether it killed the process.
 //
 // BUG: the first exec of a listed file the kernel did not know yet runs
 // until the agent has read the event, hashed the file and killed it, a
@@ -250,7 +250,7 @@ func (a *Applier) OnExec(p proctable.Process) (bool, error) {
 	killed := false
 	var err error
 	if p.SHA256 != "" && hasString(a.table.KillOnExec, p.SHA256) {
-		err = a.cfg.Kernel.Kill(p.PID, p.StartTimeNs, false)
+		err = a.cfg.Kernel.Kill(p.PID, p.StartTimeNs, true)
 		killed = err == nil
 		if errors.Is(err, ErrNoProcess) {
 			err = nil // the kernel killed it already

@@ -464,7 +464,7 @@ func TestOnExecKillsListedExecutable(t *testing.T) {
 	if err != nil || !killed {
 		t.Fatalf("OnExec = %v, %v; want killed", killed, err)
 	}
-	if len(f.k.kills) != 1 || f.k.kills[0] != "77@7700 tree=false" {
+	if len(f.k.kills) != 1 || f.k.kills[0] != "77@7700 tree=true" {
 		t.Errorf("kills %v", f.k.kills)
 	}
 	if kt := f.k.last(t); len(kt.KillOnExec) != 1 || kt.KillOnExec[0] != id {

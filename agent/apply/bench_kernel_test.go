@@ -195,7 +195,7 @@ func moveInto(b *testing.B, dir string) {
 }
 
 // drain reads and drops the data plane's events, as the agent would.
-func drain(b *testing.B, dp *dataplane.Dataplane) {
+func drain(b testing.TB, dp *dataplane.Dataplane) {
 	rd, err := dp.Events()
 	if err != nil {
 		b.Fatal(err)

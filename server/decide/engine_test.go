@@ -251,7 +251,7 @@ func TestScenarioLowerCutRestore(t *testing.T) {
 	equal(t, "device level", f.e.Level("device/laptop"), "low")
 	equal(t, "laptop -> crm after", f.egress("laptop", "10.2.0.1", 8080), deny)
 	equal(t, "crm-host admits laptop after", ingressVerdict(f.table("crm-host"), "10.1.0.2/32"), deny)
-	equal(t, "laptop instructions", f.sink.take("laptop"), []string{"kill pid 4242@99", "cut 10.2.0.1:8080"})
+	equal(t, "laptop instructions", f.sink.take("laptop"), []string{"kill tree 4242@99", "cut 10.2.0.1:8080"})
 	equal(t, "crm-host instructions", f.sink.take("crm-host"), []string{"cut 10.1.0.2"})
 	equal(t, "laptop cut peers", f.table("laptop").CutPeers, []string{"10.2.0.1:8080"})
 	equal(t, "laptop version", f.table("laptop").Version, laptopV+1)

@@ -243,6 +243,8 @@ func (e *Engine) respondHold(o *outbox, b *batch, h *policy.Hold, quarantine boo
 	return e.addFinding(o, b, nf, f.Process)
 }
 
+// respondKill kills the finding's process with its descendants: a hostile
+// process that forked at once would otherwise leave its children running.
 func (e *Engine) respondKill(o *outbox, b *batch, f *detect.Finding, reason string) {
 	if f.Process == nil || f.Agent == "" {
 		return
@@ -253,7 +255,7 @@ func (e *Engine) respondKill(o *outbox, b *batch, f *detect.Finding, reason stri
 	}
 	b.kills[key] = true
 	e.emitInstruction(o, f.Agent, &vigilpb.Instruction{Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_KILL,
-		Pid: f.Process.Pid, StartTimeNs: f.Process.StartTimeNs, Reason: reason})
+		Pid: f.Process.Pid, StartTimeNs: f.Process.StartTimeNs, Tree: true, Reason: reason})
 }
 
 func (e *Engine) respondKillOnExec(b *batch, f *detect.Finding, reason string) error {

@@ -79,6 +79,9 @@ func (e *Engine) emitInstruction(o *outbox, agent string, ins *vigilpb.Instructi
 func describe(ins *vigilpb.Instruction) string {
 	switch ins.Kind {
 	case vigilpb.InstructionKind_INSTRUCTION_KIND_KILL:
+		if ins.Tree {
+			return fmt.Sprintf("kill tree %d@%d", ins.Pid, ins.StartTimeNs)
+		}
 		return fmt.Sprintf("kill pid %d@%d", ins.Pid, ins.StartTimeNs)
 	case vigilpb.InstructionKind_INSTRUCTION_KIND_CUT:
 		return "cut " + ins.Peer
