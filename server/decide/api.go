@@ -272,10 +272,13 @@ func (e *Engine) Report(ctx context.Context,
 }
 
 func (e *Engine) report(o *outbox, req *vigilpb.ReportRequest) (string, error) {
-	kind, _, ok := evaluate.Split(req.GetEntity())
+	kind, name, ok := evaluate.Split(req.GetEntity())
 	if !ok || !validKind(kind) {
 		return "", status.Errorf(codes.InvalidArgument,
 			"entity %q: want KIND/NAME with kind user, device, service or process", req.GetEntity())
+	}
+	if err := e.checkExists(kind, name); err != nil {
+		return "", err
 	}
 	if req.GetLevel() != "" && e.policy.LevelRank(req.GetLevel()) < 0 {
 		return "", status.Errorf(codes.InvalidArgument, "unknown level %q: want one of %v",
@@ -295,6 +298,27 @@ func (e *Engine) report(o *outbox, req *vigilpb.ReportRequest) (string, error) {
 		return "", err
 	}
 	return e.book.Level(req.GetEntity()), nil
+}
+
+// checkExists refuses a report about a device (or a process on a device)
+// no enrolled agent is, or a service the policy does not name, so that a
+// report never makes up an entity. Called with mu held.
+func (e *Engine) checkExists(kind, name string) error {
+	switch kind {
+	case policy.KindDevice, policy.KindProcess:
+		agent := agentOf(kind + "/" + name)
+		if _, ok := e.agents[agent]; !ok {
+			return status.Errorf(codes.NotFound, "no enrolled agent %q", agent)
+		}
+	case policy.KindService:
+		for _, s := range e.policy.Services {
+			if s.Name == name {
+				return nil
+			}
+		}
+		return status.Errorf(codes.NotFound, "no service %q in the policy", name)
+	}
+	return nil
 }
 
 func validKind(k string) bool {

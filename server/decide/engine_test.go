@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/vigilsec/vigil/server/store"
 
@@ -454,6 +456,9 @@ func TestReportValidation(t *testing.T) {
 		{"bad kind", &vigilpb.ReportRequest{Entity: "car/x", Source: "edr"}},
 		{"bad level", &vigilpb.ReportRequest{Entity: "device/laptop", Level: "ultra", Source: "edr"}},
 		{"bad severity", &vigilpb.ReportRequest{Entity: "user/alice", Severity: "meh", Source: "edr"}},
+		{"device not enrolled", &vigilpb.ReportRequest{Entity: "device/nosuch", Level: "low", Source: "edr"}},
+		{"process on no device", &vigilpb.ReportRequest{Entity: "process/nosuch/42@1", Source: "edr"}},
+		{"service not in the policy", &vigilpb.ReportRequest{Entity: "service/nosuch", Level: "low", Source: "edr"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -461,6 +466,26 @@ func TestReportValidation(t *testing.T) {
 				t.Errorf("Report(%v) accepted", tt.req)
 			}
 		})
+	}
+	for _, entity := range []string{"device/nosuch", "service/nosuch"} {
+		_, err := f.e.Report(context.Background(), &vigilpb.ReportRequest{Entity: entity, Source: "edr"})
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("report on %s: %v, want NotFound", entity, err)
+		}
+	}
+	ents, err := f.e.Entities("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ent := range ents {
+		if strings.Contains(ent.Name, "nosuch") {
+			t.Errorf("refused report left entity %s", ent.Name)
+		}
+	}
+	for _, entity := range []string{"device/laptop", "service/crm", "process/laptop/42@1", "user/alice"} {
+		if _, err := f.e.Report(context.Background(), &vigilpb.ReportRequest{Entity: entity, Source: "edr"}); err != nil {
+			t.Errorf("report on %s: %v", entity, err)
+		}
 	}
 }
 
