@@ -47,9 +47,9 @@ func benchScenario(b *testing.B, run func(*Env, *Report) error) {
 			b.Logf("%s %s unavailable: %s", r.Scenario, r.Variant, r.Note)
 			continue
 		}
-		b.ReportMetric(r.Value, metricUnit(r.Variant, r.Metric, r.Unit))
+		b.ReportMetric(r.Value, metricUnit(r.Scenario, r.Variant, r.Metric, r.Unit))
 		if r.Ratio != 0 {
-			b.ReportMetric(r.Ratio, metricUnit(r.Variant, "x", r.Baseline))
+			b.ReportMetric(r.Ratio, metricUnit(r.Scenario, r.Variant, r.Metric, "x", r.Baseline))
 		}
 	}
 }
