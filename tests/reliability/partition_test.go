@@ -107,9 +107,9 @@ func TestPartitionKeepsEnforcingAndDeliversSpooledEvents(t *testing.T) {
 
 	// While the link is down the loop keeps being judged by the last table
 	// and nothing it does reaches the server.
-	storedAtCut, _ := connectTally(events(t, s, a.Name), lp.pid(), denied)
+	storedAtCut, _ := connectTally(events(t, s, a.Name, "connect"), lp.pid(), denied)
 	time.Sleep(partition - time.Since(cut))
-	storedAtHeal, _ := connectTally(events(t, s, a.Name), lp.pid(), denied)
+	storedAtHeal, _ := connectTally(events(t, s, a.Name, "connect"), lp.pid(), denied)
 	during := lp.outcomes(denied)[outcomeEPERM]
 	if storedAtHeal["DENY"] > storedAtCut["DENY"]+1 {
 		t.Errorf("%d events reached the server through a downed link", storedAtHeal["DENY"]-storedAtCut["DENY"])

@@ -44,7 +44,7 @@ func waitAllStored(t *testing.T, s *harness.Server, agent string, l *loop, denie
 	var dups int
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		evs := events(t, s, agent)
+		evs := events(t, s, agent, "connect")
 		dv, dups = connectTally(evs, l.pid(), denied)
 		av, _ = connectTally(evs, l.pid(), allowed)
 		if dv["DENY"] >= refused && av["ALLOW"] >= passed {

@@ -5,7 +5,9 @@ package reliability
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -96,11 +98,15 @@ type event struct {
 	Signal uint32 `json:"signal"`
 }
 
+// queryCap is the most events the server returns for one query.
+const queryCap = 5000
+
 // events returns the stored events of agent (all agents when empty) of the
-// given kinds, oldest first.
+// given kinds, oldest first. It fails the test when the answer may have
+// been cut at the server's cap, so no count is taken from a partial list.
 func events(t *testing.T, s *harness.Server, agent string, kinds ...string) []event {
 	t.Helper()
-	args := []string{"events", "--limit", "100000", "-o", "json"}
+	args := []string{"events", "--limit", fmt.Sprint(queryCap), "-o", "json"}
 	if agent != "" {
 		args = append(args, "--agent", agent)
 	}
@@ -118,7 +124,38 @@ func events(t *testing.T, s *harness.Server, agent string, kinds ...string) []ev
 		}
 		out = append(out, ev)
 	}
+	if len(out) >= queryCap {
+		t.Fatalf("event query returned the server's cap of %d: the test made too many events to count", queryCap)
+	}
 	return out
+}
+
+// metric returns the sum of the samples of name whose labels contain
+// label, from the Prometheus text the server serves at addr.
+func metric(t *testing.T, addr, name, label string) uint64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("get metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum uint64
+	for _, line := range strings.Split(string(body), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) != 2 || !strings.HasPrefix(fields[0], name+"{") || !strings.Contains(fields[0], label) {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[1], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += uint64(v)
+	}
+	return sum
 }
 
 // connectTally counts pid's stored connect events to target by verdict and

@@ -57,7 +57,7 @@ const (
 	outcomeEPERM = "eperm"
 )
 
-// connectLoop connects to each target in turn, 5 ms apart, and prints
+// connectLoop connects to each target in turn, 25 ms apart, and prints
 // "TARGET OUTCOME" per attempt until SIGTERM, which ends it after the
 // attempt in progress so every attempt made is reported.
 func connectLoop(targets []string) error {
@@ -73,7 +73,7 @@ func connectLoop(targets []string) error {
 			default:
 			}
 			fmt.Println(target, attempt(target))
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(25 * time.Millisecond)
 		}
 	}
 }
