@@ -63,6 +63,9 @@ func (r *Row) judge() {
 		return
 	}
 	r.Goal = r.Target.String()
+	if r.Target != nil && !r.Target.OnRatio {
+		r.Goal = strings.TrimSpace(r.Goal + " " + r.Unit)
+	}
 	if r.Target == nil {
 		r.Status = StatusInfo
 		return
