@@ -132,9 +132,12 @@ func (e *Env) fanOut(rep *Report, n int) error {
 	if n == 10_000 {
 		t = &Target{Max: true, Bound: 2000}
 	}
-	rep.Add(Row{Scenario: "fanout", Variant: variant, Metric: "policy change to last ack", Value: ms(last), Unit: "ms", Target: t})
-	rep.Add(Row{Scenario: "fanout", Variant: variant, Metric: "server heap per agent", Value: perAgent / 1024, Unit: "KiB"})
-	rep.Add(Row{Scenario: "fanout", Variant: variant, Metric: "all connected and acked", Value: ms(online), Unit: "ms"})
+	add := func(metric string, v float64, unit string, t *Target) {
+		rep.Add(Row{Scenario: "fanout", Variant: variant, Metric: metric, Value: v, Unit: unit, Target: t})
+	}
+	add("policy change to last ack", ms(last), "ms", t)
+	add("server heap per agent", perAgent/1024, "KiB", nil)
+	add("all connected and acked", ms(online), "ms", nil)
 	return nil
 }
 

@@ -112,8 +112,8 @@ func simulateAgent(ctx context.Context, addr, name string, cfg *tls.Config, sem 
 		default:
 			continue
 		}
-		ack := &vigilpb.TableAck{Version: version}
-		if err := stream.Send(&vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_TableAck{TableAck: ack}}); err != nil {
+		ack := &vigilpb.AgentMessage_TableAck{TableAck: &vigilpb.TableAck{Version: version}}
+		if err := stream.Send(&vigilpb.AgentMessage{Body: ack}); err != nil {
 			return err
 		}
 	}

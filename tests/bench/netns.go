@@ -150,7 +150,8 @@ func (e *Env) loadNft(netns, ruleset string) error {
 		return fmt.Errorf("nft -f in %s: %w: %s", netns, err, firstLine(out))
 	}
 	e.Defer(func() {
-		out, err := exec.Command("ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "vigil_bench").CombinedOutput()
+		del := exec.Command("ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "vigil_bench")
+		out, err := del.CombinedOutput()
 		if err != nil {
 			e.Log.Warn("delete nft table", "netns", netns, "err", err, "out", string(out))
 		}

@@ -67,7 +67,8 @@ func (e *Env) execHookCosts(cg *Cgroup, rep *Report) error {
 	}
 	defer closePrograms(progs)
 	n := e.rounds(400, 100)
-	return e.hookCostRun(e.Worker(cg, "exec", smallBinary, strconv.Itoa(n)), n, progs, "observe-exec", "vigil", rep)
+	cmd := e.Worker(cg, "exec", smallBinary, strconv.Itoa(n))
+	return e.hookCostRun(cmd, n, progs, "observe-exec", "vigil", rep)
 }
 
 // observeSample sets a variant up, measures exec and connect, and tears it

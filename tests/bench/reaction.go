@@ -315,7 +315,8 @@ func (rx *reaction) cutOnce() (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	t0 := time.Now()
-	if _, err := rx.srv.admin.Cut(ctx, &vigilpb.CutRequest{Agent: "laptop", Peer: rx.target, Reason: "benchmark"}); err != nil {
+	cut := &vigilpb.CutRequest{Agent: "laptop", Peer: rx.target, Reason: "benchmark"}
+	if _, err := rx.srv.admin.Cut(ctx, cut); err != nil {
 		return 0, fmt.Errorf("cut: %w", err)
 	}
 	var readErr error
@@ -328,7 +329,8 @@ func (rx *reaction) cutOnce() (float64, error) {
 	if !errors.Is(readErr, syscall.ECONNRESET) {
 		return 0, fmt.Errorf("peer read ended with %v, want a reset", readErr)
 	}
-	if _, err := rx.srv.admin.Restore(ctx, &vigilpb.RestoreRequest{Agent: "laptop", Peer: rx.target, Reason: "benchmark"}); err != nil {
+	restore := &vigilpb.RestoreRequest{Agent: "laptop", Peer: rx.target, Reason: "benchmark"}
+	if _, err := rx.srv.admin.Restore(ctx, restore); err != nil {
 		return 0, fmt.Errorf("restore: %w", err)
 	}
 	return ms(t1.Sub(t0)), nil

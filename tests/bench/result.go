@@ -27,6 +27,8 @@ type Target struct {
 	Bound   float64 // the limit
 }
 
+// String shows the target as the table prints it ("<= 1.02x", ">= 200000");
+// a nil Target is "".
 func (t *Target) String() string {
 	if t == nil {
 		return ""
