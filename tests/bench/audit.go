@@ -50,7 +50,16 @@ func (e *Env) startAuditd() (*auditd, error) {
 	if err := auditctl("-b", "8192"); err != nil {
 		return nil, err
 	}
-	return a, auditctl("-e", "1")
+	if err := auditctl("-e", "1"); err != nil {
+		return nil, err
+	}
+
+	// Rules that cannot be loaded make the variant unavailable up front.
+	if err := a.addRules(); err != nil {
+		return nil, err
+	}
+	a.removeRules()
+	return a, nil
 }
 
 func (e *Env) spawnAuditd() error {
