@@ -50,6 +50,8 @@ func runHelper(mode string, args []string) int {
 		return connectUntilEPERM(args[0])
 	case "hold":
 		return hold(args[0])
+	case "hold-until-reset":
+		return holdUntilReset(args[0])
 	case "sleep":
 		time.Sleep(time.Hour)
 		return exitOK
@@ -146,6 +148,28 @@ func hold(addr string) int {
 	return exitOther
 }
 
+// holdUntilReset connects, says "connected", and prints the wall-clock
+// time in nanoseconds at which the connection was aborted or reset.
+func holdUntilReset(addr string) int {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err == nil {
+		_, sa := sockaddr(addr)
+		err = unix.Connect(fd, sa)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return exitOther
+	}
+	fmt.Println("connected")
+	_, err = unix.Read(fd, make([]byte, 1))
+	if !errors.Is(err, unix.ECONNABORTED) && !errors.Is(err, unix.ECONNRESET) {
+		fmt.Fprintln(os.Stderr, "read:", err)
+		return exitOther
+	}
+	fmt.Println(time.Now().UnixNano())
+	return exitOK
+}
+
 // tree starts children that fork without pause, depth levels deep, and
 // prints "ready" once its first children run.
 func tree(depth string) int {
@@ -191,7 +215,7 @@ func adopt(cgroup, addr string) int {
 }
 
 // helper returns a command running the test binary as helper mode inside cg.
-func helper(t *testing.T, cg *testenv.Cgroup, mode string, args ...string) *exec.Cmd {
+func helper(t testing.TB, cg *testenv.Cgroup, mode string, args ...string) *exec.Cmd {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -220,7 +244,7 @@ func runHelperExit(t *testing.T, cg *testenv.Cgroup, mode string, args ...string
 }
 
 // startHelper starts a helper and waits for its first output line.
-func startHelper(t *testing.T, cg *testenv.Cgroup, mode string, args ...string) (*exec.Cmd, *bufio.Reader) {
+func startHelper(t testing.TB, cg *testenv.Cgroup, mode string, args ...string) (*exec.Cmd, *bufio.Reader) {
 	t.Helper()
 	cmd := helper(t, cg, mode, args...)
 	out, err := cmd.StdoutPipe()

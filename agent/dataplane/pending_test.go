@@ -145,7 +145,7 @@ func TestNewDenyPrecedesSwap(t *testing.T) {
 }
 
 // helperTime parses the wall-clock time a helper printed in nanoseconds.
-func helperTime(t *testing.T, line string) time.Time {
+func helperTime(t testing.TB, line string) time.Time {
 	t.Helper()
 	var ns int64
 	if _, err := fmt.Sscan(line, &ns); err != nil {
