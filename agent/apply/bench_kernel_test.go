@@ -1,14 +1,14 @@
 package apply
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,17 +20,53 @@ import (
 	"github.com/vigilsec/vigil/internal/testenv"
 )
 
+// helperEnv makes the test binary connect in a loop until refused instead
+// of running tests; the benchmarks run it inside their scope.
+const helperEnv = "VIGIL_APPLY_CONNECT_HELPER"
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(helperEnv); addr != "" {
+		os.Exit(connectUntilRefused(addr))
+	}
+	os.Exit(m.Run())
+}
+
+// connectUntilRefused says "ready", connects to addr until a connect fails
+// with EPERM, and prints the wall-clock time of that refusal in ns.
+func connectUntilRefused(addr string) int {
+	ap := netip.MustParseAddrPort(addr)
+	sa := &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	fmt.Println("ready")
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			err = unix.Connect(fd, sa)
+			unix.Close(fd)
+		}
+		if errors.Is(err, unix.EPERM) {
+			fmt.Println(time.Now().UnixNano())
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+	}
+	fmt.Fprintln(os.Stderr, "no EPERM within 10s")
+	return 2
+}
+
 // BenchmarkDiffDenyLatency measures what the agent adds to a deny's way
 // into the kernel: from the call of ApplyDiff with one added deny to the
-// first connect it refuses, in a loop of connects from this process, moved
-// into the scope of a real data plane. It reports p50-us and p99-us of
-// that latency and ack-p50-ms, when ApplyDiff returned its acknowledgement
+// first connect it refuses, in a loop of connects run by a helper process
+// in the scope of a real data plane. It reports p50-us and p99-us of that
+// latency and ack-p50-ms, when ApplyDiff returned its acknowledgement
 // (after the table swap). Each iteration first removes the deny again (not
 // measured). Tables of 10 and 100k entries; -benchtime=50x for percentiles.
 func BenchmarkDiffDenyLatency(b *testing.B) {
-	a, target := benchApplier(b)
+	a, cg, target := benchApplier(b)
 	deny := &vigilpb.EgressEntry{RuleId: 1 << 30, Destination: "127.0.0.1/32",
-		PortMin: uint32(target.Port), PortMax: uint32(target.Port),
+		PortMin: uint32(target.Port()), PortMax: uint32(target.Port()),
 		Protocol: vigilpb.Protocol_PROTOCOL_TCP, Verdict: vigilpb.Verdict_VERDICT_DENY}
 	for _, n := range []int{10, 100_000} {
 		tab := benchEntries(n)
@@ -41,8 +77,11 @@ func BenchmarkDiffDenyLatency(b *testing.B) {
 		b.Run(fmt.Sprintf("entries-%d", n), func(b *testing.B) {
 			var lat, acks []time.Duration
 			for i := 0; i < b.N; i++ {
+				b.StopTimer()
 				v := a.Version()
-				refused := loopUntilRefused(b, target)
+				refused := startLoop(b, cg, target)
+				b.StartTimer()
+
 				start := time.Now()
 				ack, err := a.ApplyDiff(&vigilpb.TableDiff{BaseVersion: v, Version: v + 1,
 					EgressAdded: []*vigilpb.EgressEntry{deny}})
@@ -50,7 +89,7 @@ func BenchmarkDiffDenyLatency(b *testing.B) {
 					b.Fatalf("apply diff: %v %v", err, ack)
 				}
 				acks = append(acks, time.Since(start))
-				lat = append(lat, (<-refused).Sub(start))
+				lat = append(lat, refused().Sub(start))
 
 				b.StopTimer()
 				ack, err = a.ApplyDiff(&vigilpb.TableDiff{BaseVersion: v + 1, Version: v + 2,
@@ -64,6 +103,38 @@ func BenchmarkDiffDenyLatency(b *testing.B) {
 			b.ReportMetric(float64(pct(lat, 99).Microseconds()), "p99-us")
 			b.ReportMetric(float64(pct(acks, 50).Microseconds())/1000, "ack-p50-ms")
 		})
+	}
+}
+
+// startLoop starts the connect helper in cg and waits until it runs; the
+// returned function waits for the time of its first refused connect.
+func startLoop(b *testing.B, cg *testenv.Cgroup, target netip.AddrPort) func() time.Time {
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := cg.Command(b, self)
+	cmd.Env = append(os.Environ(), helperEnv+"="+target.String())
+	cmd.Stderr = os.Stderr
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	out := bufio.NewReader(pipe)
+	if _, err := out.ReadString('\n'); err != nil {
+		b.Fatalf("helper: %v", err)
+	}
+	return func() time.Time {
+		defer cmd.Wait()
+		var ns int64
+		line, err := out.ReadString('\n')
+		if _, serr := fmt.Sscan(line, &ns); err != nil || serr != nil {
+			b.Fatalf("helper printed %q: %v %v", line, err, serr)
+		}
+		return time.Unix(0, ns)
 	}
 }
 
@@ -86,53 +157,12 @@ func pct(ds []time.Duration, p int) time.Duration {
 	return s[max((len(s)*p+99)/100-1, 0)]
 }
 
-// loopUntilRefused connects to target in the background until a connect
-// fails with EPERM and sends the time of that refusal; it returns once a
-// first connect has succeeded.
-func loopUntilRefused(b *testing.B, target *unix.SockaddrInet4) <-chan time.Time {
-	running := make(chan struct{})
-	refused := make(chan time.Time, 1)
-	go func() {
-		for first := true; ; first = false {
-			err := connectTo(target)
-			if errors.Is(err, unix.EPERM) {
-				refused <- time.Now()
-				return
-			}
-			if err != nil {
-				b.Error(err)
-				refused <- time.Time{}
-				return
-			}
-			if first {
-				close(running)
-			}
-		}
-	}()
-	select {
-	case <-running:
-	case <-refused:
-		b.Fatal("connect refused before the deny")
-	}
-	return refused
-}
-
-func connectTo(target *unix.SockaddrInet4) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return unix.Connect(fd, target)
-}
-
-// benchApplier moves this process into a fresh scope with a real data
-// plane and returns an online Applier driving it, and a loopback listener.
-func benchApplier(b *testing.B) (*Applier, *unix.SockaddrInet4) {
+// benchApplier returns an online Applier driving a real data plane on a
+// fresh scope, the scope, and a loopback listener outside it.
+func benchApplier(b *testing.B) (*Applier, *testenv.Cgroup, netip.AddrPort) {
 	testenv.RequireRoot(b)
 	cg := testenv.NewCgroup(b)
 	target := acceptAndClose(b)
-	moveInto(b, cg.Path)
 
 	pin := filepath.Join(dataplane.DefaultPinRoot, "bench-"+filepath.Base(cg.Path))
 	b.Cleanup(func() { _ = dataplane.Cleanup(pin) })
@@ -150,10 +180,11 @@ func benchApplier(b *testing.B) (*Applier, *unix.SockaddrInet4) {
 	if err := a.SetOnline(true); err != nil {
 		b.Fatal(err)
 	}
-	return a, target
+	return a, cg, target
 }
 
-func acceptAndClose(b *testing.B) *unix.SockaddrInet4 {
+// acceptAndClose accepts and closes connections on loopback.
+func acceptAndClose(b *testing.B) netip.AddrPort {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -168,30 +199,7 @@ func acceptAndClose(b *testing.B) *unix.SockaddrInet4 {
 			c.Close()
 		}
 	}()
-	return &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: ln.Addr().(*net.TCPAddr).Port}
-}
-
-// moveInto moves this process into dir, and back before dir is removed.
-func moveInto(b *testing.B, dir string) {
-	raw, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var home string
-	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			home = filepath.Join(testenv.CgroupRoot, rest)
-		}
-	}
-	pid := []byte(strconv.Itoa(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0); err != nil {
-		b.Fatalf("enter cgroup: %v", err)
-	}
-	b.Cleanup(func() {
-		if err := os.WriteFile(filepath.Join(home, "cgroup.procs"), pid, 0); err != nil {
-			b.Errorf("leave cgroup: %v", err)
-		}
-	})
+	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
 // drain reads and drops the data plane's events, as the agent would.
