@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,15 +21,43 @@ import (
 	"github.com/vigilsec/vigil/internal/testenv"
 )
 
-// helperEnv makes the test binary connect in a loop until refused instead
-// of running tests; the benchmarks run it inside their scope.
-const helperEnv = "VIGIL_APPLY_CONNECT_HELPER"
+// helperEnv makes the test binary act as a helper ("MODE ADDR") instead of
+// running tests; the benchmarks run it inside their scope.
+const helperEnv = "VIGIL_APPLY_HELPER"
 
 func TestMain(m *testing.M) {
-	if addr := os.Getenv(helperEnv); addr != "" {
-		os.Exit(connectUntilRefused(addr))
+	if mode, addr, ok := strings.Cut(os.Getenv(helperEnv), " "); ok {
+		switch mode {
+		case "connect-until-eperm":
+			os.Exit(connectUntilRefused(addr))
+		case "hold-until-reset":
+			os.Exit(holdUntilReset(addr))
+		}
+		os.Exit(2)
 	}
 	os.Exit(m.Run())
+}
+
+// holdUntilReset connects to addr, says "ready", and prints the wall-clock
+// time in ns at which the connection was aborted or reset.
+func holdUntilReset(addr string) int {
+	ap := netip.MustParseAddrPort(addr)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Connect(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())})
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Println("ready")
+	_, err = unix.Read(fd, make([]byte, 1))
+	if !errors.Is(err, unix.ECONNABORTED) && !errors.Is(err, unix.ECONNRESET) {
+		fmt.Fprintln(os.Stderr, "read:", err)
+		return 2
+	}
+	fmt.Println(time.Now().UnixNano())
+	return 0
 }
 
 // connectUntilRefused says "ready", connects to addr until a connect fails
@@ -79,7 +108,7 @@ func BenchmarkDiffDenyLatency(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				v := a.Version()
-				refused := startLoop(b, cg, target)
+				refused := startHelper(b, cg, "connect-until-eperm", target)
 				b.StartTimer()
 
 				start := time.Now()
@@ -106,15 +135,16 @@ func BenchmarkDiffDenyLatency(b *testing.B) {
 	}
 }
 
-// startLoop starts the connect helper in cg and waits until it runs; the
-// returned function waits for the time of its first refused connect.
-func startLoop(b *testing.B, cg *testenv.Cgroup, target netip.AddrPort) func() time.Time {
+// startHelper starts a helper in cg and waits until it is ready; the
+// returned function waits for the time it prints next.
+func startHelper(b *testing.B, cg *testenv.Cgroup, mode string,
+	target netip.AddrPort) func() time.Time {
 	self, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
 	}
 	cmd := cg.Command(b, self)
-	cmd.Env = append(os.Environ(), helperEnv+"="+target.String())
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode+" "+target.String())
 	cmd.Stderr = os.Stderr
 	pipe, err := cmd.StdoutPipe()
 	if err != nil {
@@ -136,6 +166,77 @@ func startLoop(b *testing.B, cg *testenv.Cgroup, target netip.AddrPort) func() t
 		}
 		return time.Unix(0, ns)
 	}
+}
+
+// BenchmarkCutInstruction measures a CUT instruction from Execute to the
+// moment a process in scope holding a connection to the peer sees it
+// destroyed, with the agent holding tables of 10 and 100k entries (which it
+// rewrites after the cut to record it). It reports p50-us and p99-us, and
+// ack-p50-ms, when Execute returned the acknowledgement.
+func BenchmarkCutInstruction(b *testing.B) {
+	a, cg, _ := benchApplier(b)
+	peer := holdOpen(b)
+	seq := uint64(0)
+	for _, n := range []int{10, 100_000} {
+		tab := benchEntries(n)
+		tab.Version = a.Version() + 1
+		if ack := a.ApplyTable(tab); ack.Error != "" {
+			b.Fatal(ack.Error)
+		}
+		b.Run(fmt.Sprintf("entries-%d", n), func(b *testing.B) {
+			var lat, acks []time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				reset := startHelper(b, cg, "hold-until-reset", peer)
+				b.StartTimer()
+
+				seq++
+				start := time.Now()
+				ins := &vigilpb.Instruction{Seq: seq, Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_CUT,
+					Peer: peer.String()}
+				if ack, err := a.Execute(ins, start); err != nil || ack.Error != "" {
+					b.Fatalf("cut: %v %v", err, ack)
+				}
+				acks = append(acks, time.Since(start))
+				lat = append(lat, reset().Sub(start))
+
+				b.StopTimer()
+				seq++
+				ins = &vigilpb.Instruction{Seq: seq, Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_RESTORE,
+					Peer: peer.String()}
+				if ack, err := a.Execute(ins, time.Now()); err != nil || ack.Error != "" {
+					b.Fatalf("restore: %v %v", err, ack)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(pct(lat, 50).Microseconds()), "p50-us")
+			b.ReportMetric(float64(pct(lat, 99).Microseconds()), "p99-us")
+			b.ReportMetric(float64(pct(acks, 50).Microseconds())/1000, "ack-p50-ms")
+		})
+	}
+}
+
+// holdOpen accepts connections on loopback and holds them until the peer
+// goes away.
+func holdOpen(b *testing.B) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_, _ = c.Read(make([]byte, 1))
+				c.Close()
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
 // benchEntries is a table of n egress denies to documentation addresses.
