@@ -11,6 +11,7 @@ import (
 var Detectors = []string{
 	"threat-intel", "exec-writable-dir", "shell-from-service", "connect-burst",
 	"privilege-gain", "fingerprint-change", "posture", "event-loss", "report",
+	"address-conflict",
 }
 
 func (ps *parser) protections(p *Policy) func(*yaml.Node, string) {
