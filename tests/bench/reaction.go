@@ -49,7 +49,8 @@ rules:
 // reported to the server until a looping connect on the device gets EPERM
 // from its kernel, a kill instruction until the process is reaped, and a
 // cut instruction until the peer of the cut connection sees a reset; and,
-// to show where the time goes, the data plane's table swap alone.
+// to show where the time goes, the Report calls alone and the data plane's
+// table swap alone.
 func Reaction(e *Env, rep *Report) error {
 	rx, err := e.startReaction()
 	if err != nil {
@@ -64,6 +65,7 @@ func Reaction(e *Env, rep *Report) error {
 		{"finding-deny", "report to EPERM", 10, rx.denyLatencies},
 		{"kill", "kill to reaped", 5, rx.killLatencies},
 		{"cut", "cut to peer reset", 10, rx.cutLatencies},
+		{"report-call", "Report call", 0, rx.reportLatencies},
 		{"table-swap", "data plane ApplyTable", 0, rx.swapLatencies},
 	}
 	for _, st := range steps {
@@ -117,6 +119,9 @@ type reaction struct {
 	target string        // service address the device connects to
 	hold   atomic.Bool   // keep accepted connections for the cut step
 	held   chan net.Conn // accepted connections while hold is set
+	// reportCalls are the Report call durations in ms; only the deny step
+	// writes them, and the report-call step reads them after it.
+	reportCalls []float64
 }
 
 func (e *Env) startReaction() (*reaction, error) {
@@ -173,7 +178,18 @@ func (rx *reaction) report(level string) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("report %s: %w", level, err)
 	}
+	rx.reportCalls = append(rx.reportCalls, float64(monoNow()-t0)/1e6)
 	return t0, nil
+}
+
+// reportLatencies are the durations of the Report calls the deny step made:
+// the server's part of a denial (finding stored, levels and tables
+// recomputed, diff queued).
+func (rx *reaction) reportLatencies(int) ([]float64, error) {
+	if len(rx.reportCalls) == 0 {
+		return nil, errors.New("no report calls were made")
+	}
+	return rx.reportCalls, nil
 }
 
 // denyLatencies lowers the device's level n times while a probe connects in

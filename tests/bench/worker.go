@@ -198,9 +198,15 @@ func workExec(args []string) error {
 	return m.print(n)
 }
 
-// workProbe: FROM TARGET. Connects from address FROM to TARGET in a loop
-// and prints "ok|eperm MONOTONIC_NS" whenever the outcome changes, until
-// stdin closes.
+// probeEvery paces the probe's connects. Every connect is an event the
+// agent ships and the server stores; an unpaced loop floods both and delays
+// everything else on the agent's stream, the acknowledgements the other
+// reaction steps wait for included. It bounds the probe's resolution.
+const probeEvery = 500 * time.Microsecond
+
+// workProbe: FROM TARGET. Connects from address FROM to TARGET every
+// probeEvery and prints "ok|eperm MONOTONIC_NS" whenever the outcome
+// changes, until stdin closes.
 func workProbe(args []string) error {
 	if len(args) != 2 {
 		return errors.New("want FROM TARGET")
@@ -224,6 +230,7 @@ func workProbe(args []string) error {
 			fmt.Printf("%s %d\n", state, monoNow())
 			last = state
 		}
+		time.Sleep(probeEvery)
 	}
 }
 
