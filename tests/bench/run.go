@@ -30,6 +30,11 @@ var Scenarios = []Scenario{
 // Env that is closed before the next starts. A scenario that fails adds an
 // unavailable row with its error and the run goes on.
 func Run(newEnv func() (*Env, error), only []string, rep *Report) error {
+	for _, name := range only {
+		if !slices.ContainsFunc(Scenarios, func(sc Scenario) bool { return sc.Name == name }) {
+			return fmt.Errorf("unknown scenario %q", name)
+		}
+	}
 	describeMachine(rep, "start")
 	defer describeMachine(rep, "end")
 	for _, sc := range Scenarios {

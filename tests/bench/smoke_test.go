@@ -162,3 +162,11 @@ func TestWorkersAndCleanup(t *testing.T) {
 		t.Errorf("cgroup %s left behind", cg.Path)
 	}
 }
+
+func TestRunRefusesUnknownScenario(t *testing.T) {
+	called := false
+	newEnv := func() (*Env, error) { called = true; return newTestEnv(t, ""), nil }
+	if err := Run(newEnv, []string{"conect"}, &Report{}); err == nil || called {
+		t.Errorf("unknown scenario: err %v, env created %v", err, called)
+	}
+}
