@@ -25,7 +25,7 @@ func TestServerKillDuringIngestKeepsEventsAndPolicy(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	a := s.StartAgent(t, "ingesting", cg)
 
-	l := startLoop(t, cg, "", denied, allowed)
+	l := startLoop(t, cg, "", loopPause, denied, allowed)
 	for i := range serverCrashes {
 		time.Sleep(700 * time.Millisecond)
 		before := events(t, s, "")

@@ -99,7 +99,7 @@ func TestPartitionKeepsEnforcingAndDeliversSpooledEvents(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	a := s.StartAgentIn(t, l.agentNS, "partitioned", cg)
 
-	lp := startLoop(t, cg, l.agentNS, denied, allowed)
+	lp := startLoop(t, cg, l.agentNS, loopPause, denied, allowed)
 	time.Sleep(time.Second)
 	l.set(t, "down")
 	cut := time.Now()

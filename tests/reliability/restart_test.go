@@ -78,7 +78,7 @@ func TestAgentKillRestartKeepsEnforcingAndLosesNoEvent(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	a := s.StartAgent(t, "restarted", cg)
 
-	l := startLoop(t, cg, "", denied, allowed)
+	l := startLoop(t, cg, "", loopPause, denied, allowed)
 	for i := range agentRestarts {
 		time.Sleep(100 * time.Millisecond)
 		a.Proc.Stop(syscall.SIGKILL)
@@ -108,7 +108,7 @@ func TestPolicyChurnGivesNoWrongVerdict(t *testing.T) {
 
 	// Every policy keeps the two verdicts and changes the rest of the table:
 	// a deny for one more port, a different one each time.
-	l := startLoop(t, cg, "", denied, allowed)
+	l := startLoop(t, cg, "", time.Millisecond, denied, allowed)
 	tables := agentRow(t, s, a.Name).TableVersion
 	var first, last uint64
 	for i := range policyApplies {

@@ -57,10 +57,16 @@ const (
 	outcomeEPERM = "eperm"
 )
 
-// connectLoop connects to each target in turn, 25 ms apart, and prints
-// "TARGET OUTCOME" per attempt until SIGTERM, which ends it after the
-// attempt in progress so every attempt made is reported.
-func connectLoop(targets []string) error {
+// connectLoop waits args[0] (a duration) between attempts and connects to
+// each of the other arguments in turn, printing "TARGET OUTCOME" per attempt
+// until SIGTERM, which ends it after the attempt in progress so every
+// attempt made is reported.
+func connectLoop(args []string) error {
+	pause, err := time.ParseDuration(args[0])
+	if err != nil {
+		return err
+	}
+	targets := args[1:]
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM)
 	fmt.Println("started")
@@ -73,7 +79,7 @@ func connectLoop(targets []string) error {
 			default:
 			}
 			fmt.Println(target, attempt(target))
-			time.Sleep(25 * time.Millisecond)
+			time.Sleep(pause)
 		}
 	}
 }
@@ -154,11 +160,16 @@ type loop struct {
 	counts map[string]map[string]int // target -> outcome -> attempts; guarded by mu
 }
 
-// startLoop starts connectLoop over targets inside cg (and netns) and
-// waits until it runs; the loop is killed when the test ends.
-func startLoop(t *testing.T, cg *testenv.Cgroup, netns string, targets ...string) *loop {
+// loopPause is the pause between a loop's attempts where the test counts
+// every event: slow enough to stay within the server's query cap.
+const loopPause = 25 * time.Millisecond
+
+// startLoop starts connectLoop over targets, pause apart, inside cg (and
+// netns) and waits until it runs; the loop is killed when the test ends.
+func startLoop(t *testing.T, cg *testenv.Cgroup, netns string, pause time.Duration, targets ...string) *loop {
 	t.Helper()
-	l := &loop{cmd: workload(t, cg, netns, "loop", targets...), done: make(chan struct{}),
+	args := append([]string{pause.String()}, targets...)
+	l := &loop{cmd: workload(t, cg, netns, "loop", args...), done: make(chan struct{}),
 		counts: map[string]map[string]int{}}
 	out, err := l.cmd.StdoutPipe()
 	if err != nil {
