@@ -53,6 +53,20 @@ func newBatch() *batch {
 // handle records findings, runs the protection rules they match and
 // recompiles what changed. Findings are timed by the server's clock. Called
 // with mu held.
+// maxObservedAge bounds how far back an agent's clock may date a finding.
+const maxObservedAge = 10 * time.Minute
+
+// observedAt dates a finding when the thing it is about happened, so a hit
+// that reaches the server after a newer report cannot undo the report. A
+// time from the future, from too long ago (agent clocks drift) or missing
+// gives way to the server's now.
+func observedAt(observed, now time.Time) time.Time {
+	if observed.IsZero() || observed.After(now) || now.Sub(observed) > maxObservedAge {
+		return now
+	}
+	return observed
+}
+
 func (e *Engine) handle(o *outbox, fs []detect.Finding) error {
 	if len(fs) == 0 {
 		return nil
@@ -67,7 +81,7 @@ func (e *Engine) handle(o *outbox, fs []detect.Finding) error {
 }
 
 func (e *Engine) handleOne(o *outbox, b *batch, f *detect.Finding) error {
-	f.At = e.now()
+	f.At = observedAt(f.At, e.now())
 	kind, _, _ := evaluate.Split(f.Entity)
 	var matched []*policy.Protection
 	for i := range e.policy.Protections {

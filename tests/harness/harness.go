@@ -153,12 +153,13 @@ func StartServerIn(t *testing.T, netns, addr string, extra ...string) *Server {
 	t.Helper()
 	s := &Server{T: t, Dir: t.TempDir(), Addr: addr, BinDir: Bins(t), NetNS: netns, Args: extra}
 	s.Creds = filepath.Join(s.Dir, "data", "admin")
+	s.Start()
+	// Registered after Start, so it runs while the server still answers.
 	t.Cleanup(func() {
 		if t.Failed() {
 			s.dumpLogs()
 		}
 	})
-	s.Start()
 	return s
 }
 
@@ -166,12 +167,13 @@ func StartServer(t *testing.T) *Server {
 	t.Helper()
 	s := &Server{T: t, Dir: t.TempDir(), Addr: FreeAddr(t), BinDir: Bins(t)}
 	s.Creds = filepath.Join(s.Dir, "data", "admin")
+	s.Start()
+	// Registered after Start, so it runs while the server still answers.
 	t.Cleanup(func() {
 		if t.Failed() {
 			s.dumpLogs()
 		}
 	})
-	s.Start()
 	return s
 }
 
@@ -212,6 +214,9 @@ func InNetNS(netns, name string, args ...string) *exec.Cmd {
 
 // dumpLogs writes the tail of every server and agent log to the test log.
 func (s *Server) dumpLogs() {
+	if out, err := s.CtlErr("events", "--limit", "400"); err == nil {
+		s.T.Logf("== vigilctl events\n%s", out)
+	}
 	logs, _ := filepath.Glob(filepath.Join(s.Dir, "*.log"))
 	for _, f := range logs {
 		b, _ := os.ReadFile(f)
