@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -85,8 +84,8 @@ func kill(c *cli.Context) error {
 		Reason: c.String("reason"),
 	}
 	what := fmt.Sprintf("kill pid %d on %s", req.Pid, req.Agent)
-	return instruct(c, what, func(ctx context.Context, s *session) (*vigilpb.InstructionResponse, error) {
-		return s.admin.Kill(ctx, req)
+	return instruct(c, what, func() (*vigilpb.InstructionResponse, error) {
+		return call(c, vigilpb.AdminServiceClient.Kill, req)
 	})
 }
 
@@ -96,8 +95,8 @@ func cut(c *cli.Context) error {
 		return err
 	}
 	req := &vigilpb.CutRequest{Agent: agent, Peer: peer, Reason: c.String("reason")}
-	return instruct(c, "cut "+peer+" on "+agent, func(ctx context.Context, s *session) (*vigilpb.InstructionResponse, error) {
-		return s.admin.Cut(ctx, req)
+	return instruct(c, "cut "+peer+" on "+agent, func() (*vigilpb.InstructionResponse, error) {
+		return call(c, vigilpb.AdminServiceClient.Cut, req)
 	})
 }
 
@@ -107,8 +106,8 @@ func restore(c *cli.Context) error {
 		return err
 	}
 	req := &vigilpb.RestoreRequest{Agent: agent, Peer: peer, Reason: c.String("reason")}
-	return instruct(c, "restore "+peer+" on "+agent, func(ctx context.Context, s *session) (*vigilpb.InstructionResponse, error) {
-		return s.admin.Restore(ctx, req)
+	return instruct(c, "restore "+peer+" on "+agent, func() (*vigilpb.InstructionResponse, error) {
+		return call(c, vigilpb.AdminServiceClient.Restore, req)
 	})
 }
 
@@ -131,22 +130,14 @@ func peerArgs(c *cli.Context) (agent, peer string, err error) {
 // instruct sends one instruction and prints its outcome. A failed or
 // targetless instruction is a rejection; an unacknowledged one is queued
 // and delivered when the agent is back, which is not an error.
-func instruct(c *cli.Context, what string, call func(context.Context, *session) (*vigilpb.InstructionResponse, error)) error {
+func instruct(c *cli.Context, what string, send func() (*vigilpb.InstructionResponse, error)) error {
 	asJSON, err := wantJSON(c)
 	if err != nil {
 		return err
 	}
-	s, err := connect(c)
+	resp, err := send()
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := call(ctx, s)
-	if err != nil {
-		return s.fail(err)
 	}
 	if asJSON {
 		if err := writeJSON(c.App.Writer, resp); err != nil {
@@ -190,14 +181,7 @@ func report(c *cli.Context) error {
 		return err
 	}
 
-	s, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := s.admin.Report(ctx, &vigilpb.ReportRequest{
+	resp, err := call(c, vigilpb.AdminServiceClient.Report, &vigilpb.ReportRequest{
 		Entity:     c.String("entity"),
 		Level:      c.String("level"),
 		Source:     c.String("source"),
@@ -206,7 +190,7 @@ func report(c *cli.Context) error {
 		TtlSeconds: uint64(c.Duration("ttl").Seconds()),
 	})
 	if err != nil {
-		return s.fail(err)
+		return err
 	}
 
 	if asJSON {

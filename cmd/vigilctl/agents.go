@@ -36,17 +36,9 @@ func agentsList(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := connect(c)
+	resp, err := call(c, vigilpb.AdminServiceClient.ListAgents, &vigilpb.ListAgentsRequest{})
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := s.admin.ListAgents(ctx, &vigilpb.ListAgentsRequest{})
-	if err != nil {
-		return s.fail(err)
 	}
 
 	if asJSON {
@@ -76,18 +68,11 @@ func agentsRevoke(c *cli.Context) error {
 	if err := requireArgs(c, 1, "one agent NAME"); err != nil {
 		return err
 	}
-	s, err := connect(c)
-	if err != nil {
+	name := c.Args().First()
+	req := &vigilpb.RevokeAgentRequest{Name: name}
+	if _, err := call(c, vigilpb.AdminServiceClient.RevokeAgent, req); err != nil {
 		return err
 	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	name := c.Args().First()
-	if _, err := s.admin.RevokeAgent(ctx, &vigilpb.RevokeAgentRequest{Name: name}); err != nil {
-		return s.fail(err)
-	}
-	_, err = fmt.Fprintf(c.App.Writer, "revoked %s\n", name)
+	_, err := fmt.Fprintf(c.App.Writer, "revoked %s\n", name)
 	return err
 }

@@ -47,3 +47,25 @@ func (s *session) fail(err error) error { return rpcError{err: err, server: s.se
 func unary(c *cli.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.Context, callTimeout)
 }
+
+// call dials the server, makes one unary AdminService call with req and
+// closes the connection, mapping a failed call to the command's error. rpc
+// is a method expression such as vigilpb.AdminServiceClient.ListAgents.
+func call[Req, Resp any](c *cli.Context,
+	rpc func(vigilpb.AdminServiceClient, context.Context, Req, ...grpc.CallOption) (Resp, error),
+	req Req) (Resp, error) {
+	var zero Resp
+	s, err := connect(c)
+	if err != nil {
+		return zero, err
+	}
+	defer s.Close()
+
+	ctx, cancel := unary(c)
+	defer cancel()
+	resp, err := rpc(s.admin, ctx, req)
+	if err != nil {
+		return zero, s.fail(err)
+	}
+	return resp, nil
+}

@@ -38,17 +38,9 @@ func entitiesList(c *cli.Context) error {
 	if kind != "" && !slices.Contains(entityKinds, kind) {
 		return usageError{fmt.Sprintf("entities list: unknown kind %q (want %s)", kind, strings.Join(entityKinds, ", "))}
 	}
-	s, err := connect(c)
+	resp, err := call(c, vigilpb.AdminServiceClient.ListEntities, &vigilpb.ListEntitiesRequest{Kind: kind})
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := s.admin.ListEntities(ctx, &vigilpb.ListEntitiesRequest{Kind: kind})
-	if err != nil {
-		return s.fail(err)
 	}
 
 	if asJSON {

@@ -41,17 +41,9 @@ func explain(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := connect(c)
+	resp, err := call(c, vigilpb.AdminServiceClient.Explain, req)
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := s.admin.Explain(ctx, req)
-	if err != nil {
-		return s.fail(err)
 	}
 	if asJSON {
 		return writeJSON(c.App.Writer, resp)

@@ -66,17 +66,9 @@ func policyApply(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := connect(c)
+	resp, err := call(c, vigilpb.AdminServiceClient.ApplyPolicy, &vigilpb.ApplyPolicyRequest{Document: doc})
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := s.admin.ApplyPolicy(ctx, &vigilpb.ApplyPolicyRequest{Document: doc})
-	if err != nil {
-		return s.fail(err)
 	}
 	return printApplied(c, resp, asJSON)
 }
@@ -119,17 +111,9 @@ func policyGet(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := connect(c)
+	resp, err := call(c, vigilpb.AdminServiceClient.GetPolicy, &vigilpb.GetPolicyRequest{Version: c.Uint64("version")})
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := s.admin.GetPolicy(ctx, &vigilpb.GetPolicyRequest{Version: c.Uint64("version")})
-	if err != nil {
-		return s.fail(err)
 	}
 
 	if asJSON {
@@ -147,17 +131,9 @@ func policyHistory(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := connect(c)
+	resp, err := call(c, vigilpb.AdminServiceClient.PolicyHistory, &vigilpb.PolicyHistoryRequest{})
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	resp, err := s.admin.PolicyHistory(ctx, &vigilpb.PolicyHistoryRequest{})
-	if err != nil {
-		return s.fail(err)
 	}
 
 	if asJSON {

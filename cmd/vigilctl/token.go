@@ -32,18 +32,10 @@ func tokenCreate(c *cli.Context) error {
 	if c.Duration("ttl") < 0 {
 		return usageError{"token create: --ttl must not be negative"}
 	}
-	s, err := connect(c)
+	req := &vigilpb.CreateTokenRequest{TtlSeconds: uint64(c.Duration("ttl").Seconds())}
+	resp, err := call(c, vigilpb.AdminServiceClient.CreateToken, req)
 	if err != nil {
 		return err
-	}
-	defer s.Close()
-
-	ctx, cancel := unary(c)
-	defer cancel()
-	req := &vigilpb.CreateTokenRequest{TtlSeconds: uint64(c.Duration("ttl").Seconds())}
-	resp, err := s.admin.CreateToken(ctx, req)
-	if err != nil {
-		return s.fail(err)
 	}
 
 	if asJSON {
