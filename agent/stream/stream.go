@@ -91,7 +91,9 @@ func New(cfg Config) *Client {
 		cfg.BackoffMin = 250 * time.Millisecond
 	}
 	if cfg.BackoffMax == 0 {
-		cfg.BackoffMax = 30 * time.Second
+		// Short enough that a healed partition is noticed within seconds;
+		// full jitter spreads a fleet's reconnects over the same window.
+		cfg.BackoffMax = 5 * time.Second
 	}
 	return &Client{cfg: cfg, outbox: make(chan *vigilpb.AgentMessage, 64)}
 }

@@ -320,4 +320,3 @@ func assertEventsSeen(t *testing.T, events <-chan string, want []vigilpb.EventKi
 		}
 	}
 }
-
