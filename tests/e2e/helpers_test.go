@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -15,33 +14,18 @@ import (
 	"time"
 
 	"github.com/vigilsec/vigil/internal/testenv"
+	"github.com/vigilsec/vigil/tests/harness"
 )
 
 // The test binary doubles as the workload of the scenarios: started inside a
-// test cgroup with VIGIL_E2E_ROLE set, it plays a service, a client or a
-// long-lived connection instead of running tests.
+// test cgroup with a role, it plays a service, a client or a long-lived
+// connection instead of running tests.
 func init() {
-	role := os.Getenv("VIGIL_E2E_ROLE")
-	if role == "" {
-		return
-	}
-	args := strings.Fields(os.Getenv("VIGIL_E2E_ARGS"))
-	var err error
-	switch role {
-	case "serve":
-		err = serve(args[0])
-	case "dial":
-		err = dial(args[0], args[1])
-	case "hold":
-		err = hold(args[0], args[1])
-	default:
-		err = fmt.Errorf("unknown role %q", role)
-	}
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	harness.RunRole(map[string]harness.Role{
+		"serve": func(args []string) error { return serve(args[0]) },
+		"dial":  func(args []string) error { return dial(args[0], args[1]) },
+		"hold":  func(args []string) error { return hold(args[0], args[1]) },
+	})
 }
 
 // serve accepts connections on addr and echoes what each sends.
@@ -120,9 +104,7 @@ func hold(local, remote string) error {
 // workload starts the test binary in role inside cg.
 func workload(t *testing.T, cg *testenv.Cgroup, role string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := cg.Command(t, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "VIGIL_E2E_ROLE="+role, "VIGIL_E2E_ARGS="+strings.Join(args, " "))
-	return cmd
+	return harness.Workload(t, cg, "", role, args...)
 }
 
 // dialOnce runs one client connect inside cg and returns "ok", "eperm" or

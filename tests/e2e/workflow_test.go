@@ -4,16 +4,12 @@ package e2e
 
 import (
 	"bufio"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -74,7 +70,7 @@ func TestWorkflow(t *testing.T) {
 	srv := harness.StartServer(t)
 
 	// A malicious binary: a copy of sleep made unique, so its hash is ours.
-	evil, evilHash := uniqueBinary(t, "/usr/bin/sleep")
+	evil, evilHash := harness.UniqueBinary(t, "/usr/bin/sleep")
 	port := freePort(t, serviceAddr)
 	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
 	writeFile(t, policyFile, fmt.Sprintf(workflowPolicy, port, evilHash))
@@ -115,7 +111,7 @@ func TestWorkflow(t *testing.T) {
 		t.Fatalf("evil binary still running after 15s\n%s", harness.Tail(srv.Proc.Output(), 30))
 	}
 	harness.WaitFor(t, 10*time.Second, "device/laptop at low", func() bool {
-		return entityLevel(t, srv, "device/laptop") == "low"
+		return srv.EntityLevel("device/laptop") == "low"
 	})
 	waitLine(t, heldOut, "closed", 10*time.Second)
 	harness.WaitFor(t, 10*time.Second, "laptop refused by its kernel", func() bool {
@@ -167,25 +163,6 @@ func TestWorkflow(t *testing.T) {
 		vigilpb.EventKind_EVENT_KIND_FINDING, vigilpb.EventKind_EVENT_KIND_LEVEL,
 		vigilpb.EventKind_EVENT_KIND_INSTRUCTION,
 	})
-}
-
-// uniqueBinary copies src and appends random bytes, which the loader
-// ignores, so the copy has a hash nothing else has.
-func uniqueBinary(t *testing.T, src string) (path, sum string) {
-	t.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	salt := make([]byte, 32)
-	rand.Read(salt)
-	data = append(data, salt...)
-	path = filepath.Join(t.TempDir(), "evil")
-	if err := os.WriteFile(path, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.Sum256(data)
-	return path, hex.EncodeToString(h[:])
 }
 
 func freePort(t *testing.T, host string) int {
@@ -248,13 +225,8 @@ func waitLine(t *testing.T, lines <-chan string, want string, timeout time.Durat
 
 func requireKilled(t *testing.T, err error) {
 	t.Helper()
-	ee, ok := err.(*exec.ExitError)
-	if !ok {
-		t.Fatalf("process was not killed: %v", err)
-	}
-	ws := ee.Sys().(syscall.WaitStatus)
-	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("process ended with %v, want SIGKILL", ws)
+	if !harness.KilledBySIGKILL(err) {
+		t.Fatalf("process ended with %v, want SIGKILL", err)
 	}
 }
 
@@ -268,20 +240,6 @@ func assertIngressRefused(t *testing.T, crm string) {
 	if got == "ok" {
 		t.Errorf("service host admitted a refused device's address")
 	}
-}
-
-func entityLevel(t *testing.T, srv *harness.Server, name string) string {
-	t.Helper()
-	var resp vigilpb.ListEntitiesResponse
-	if err := protojson.Unmarshal([]byte(srv.Ctl("entities", "list", "-o", "json")), &resp); err != nil {
-		t.Fatalf("decode entities: %v", err)
-	}
-	for _, e := range resp.GetEntities() {
-		if e.GetName() == name {
-			return e.GetLevel()
-		}
-	}
-	return ""
 }
 
 func explain(t *testing.T, srv *harness.Server, agent, dest string) *vigilpb.ExplainResponse {

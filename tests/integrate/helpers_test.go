@@ -3,18 +3,11 @@
 package integrate
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,31 +18,25 @@ import (
 	"github.com/vigilsec/vigil/tests/harness"
 )
 
-// The test binary doubles as a workload: started with VIGIL_INTEGRATE_DIAL
-// set to HOST:PORT, it connects there once, sends a byte and exits.
+// The test binary doubles as a workload: in role "dial" it connects to
+// HOST:PORT once, sends a byte and exits.
 func init() {
-	addr := os.Getenv("VIGIL_INTEGRATE_DIAL")
-	if addr == "" {
-		return
-	}
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err == nil {
+	harness.RunRole(map[string]harness.Role{"dial": func(args []string) error {
+		c, err := net.DialTimeout("tcp", args[0], 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
 		_, err = c.Write([]byte{1})
-		c.Close()
-	}
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+		return err
+	}})
 }
 
 // dialFrom runs one TCP connect to addr inside cg and returns the pid of
 // the process that made it.
 func dialFrom(t *testing.T, cg *testenv.Cgroup, addr string) int {
 	t.Helper()
-	cmd := cg.Command(t, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "VIGIL_INTEGRATE_DIAL="+addr)
+	cmd := harness.Workload(t, cg, "", "dial", addr)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("dial %s from the test cgroup: %v\n%s", addr, err, out)
@@ -88,32 +75,6 @@ func writeFile(t *testing.T, path, content string, perm os.FileMode) {
 	if err := os.WriteFile(path, []byte(content), perm); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// uniqueBinary copies the executable src into a fresh directory and appends
-// random bytes, so the copy runs like src but has a hash of its own. It
-// returns the copy's path and lowercase hex SHA-256.
-func uniqueBinary(t *testing.T, src string) (string, string) {
-	t.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data = append(data, []byte(rand.Text())...)
-	path := filepath.Join(t.TempDir(), "evil-"+filepath.Base(src))
-	writeFile(t, path, string(data), 0o755)
-	sum := sha256.Sum256(data)
-	return path, hex.EncodeToString(sum[:])
-}
-
-// killedBySIGKILL reports whether err is the exit of a process SIGKILL ended.
-func killedBySIGKILL(err error) bool {
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) {
-		return false
-	}
-	ws, ok := exit.Sys().(syscall.WaitStatus)
-	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
 // storedEvents returns the server's stored events of the given kinds

@@ -42,7 +42,7 @@ const stixBundle = `{
 // every later run is killed at exec, before it writes anything.
 func TestFeedHashKillsAtExec(t *testing.T) {
 	testenv.RequireRoot(t)
-	evil, hash := uniqueBinary(t, "/usr/bin/tee")
+	evil, hash := harness.UniqueBinary(t, "/usr/bin/tee")
 	feed := filepath.Join(t.TempDir(), "bundle.json")
 	writeFile(t, feed, fmt.Sprintf(stixBundle, hash), 0o600)
 	srv := harness.StartServerIn(t, "", harness.FreeAddr(t), "--intel-feed", "stix-test="+feed+",stix")
@@ -67,7 +67,7 @@ func TestFeedHashKillsAtExec(t *testing.T) {
 	go func() { done <- first.Wait() }()
 	select {
 	case err := <-done:
-		if !killedBySIGKILL(err) {
+		if !harness.KilledBySIGKILL(err) {
 			t.Fatalf("first run ended with %v, want SIGKILL", err)
 		}
 		t.Logf("first run killed %v after start", time.Since(started).Round(time.Millisecond))
@@ -100,7 +100,7 @@ func waitKilledAtExec(t *testing.T, cg *testenv.Cgroup, evil, marker string) []i
 		os.Remove(marker)
 		cmd := cg.Command(t, evil, marker)
 		err := cmd.Run()
-		if killedBySIGKILL(err) {
+		if harness.KilledBySIGKILL(err) {
 			if _, statErr := os.Stat(marker); statErr == nil {
 				t.Fatal("a run killed by SIGKILL created its marker: killed after exec, not at it")
 			}
@@ -118,7 +118,7 @@ func runOnce(t *testing.T, cg *testenv.Cgroup, evil, marker string) int {
 	t.Helper()
 	os.Remove(marker)
 	cmd := cg.Command(t, evil, marker)
-	if err := cmd.Run(); !killedBySIGKILL(err) {
+	if err := cmd.Run(); !harness.KilledBySIGKILL(err) {
 		t.Fatalf("run of the flagged binary ended with %v, want SIGKILL", err)
 	}
 	if _, err := os.Stat(marker); err == nil {

@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
-
-	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
 	"github.com/vigilsec/vigil/internal/testenv"
 	"github.com/vigilsec/vigil/server/webhook"
 	"github.com/vigilsec/vigil/tests/harness"
@@ -36,7 +33,7 @@ func TestWebhookResultLowersDevice(t *testing.T) {
 		"--webhook-listen", hookAddr, "--webhook-secret-file", secretFile)
 	applyPolicy(t, srv)
 	srv.StartAgent(t, "hook-host", testenv.NewCgroup(t))
-	if got := entityLevel(t, srv, "device/hook-host"); got != "medium" {
+	if got := srv.EntityLevel("device/hook-host"); got != "medium" {
 		t.Fatalf("device/hook-host starts at %q, want medium", got)
 	}
 	client := webhookClient(t, srv)
@@ -48,7 +45,7 @@ func TestWebhookResultLowersDevice(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, `"level":"low"`) {
 		t.Fatalf("signed result: %d %s, want 200 with level low", code, body)
 	}
-	if got := entityLevel(t, srv, "device/hook-host"); got != "low" {
+	if got := srv.EntityLevel("device/hook-host"); got != "low" {
 		t.Fatalf("after the signed result device/hook-host is %q, want low", got)
 	}
 
@@ -58,7 +55,7 @@ func TestWebhookResultLowersDevice(t *testing.T) {
 	if code != http.StatusUnauthorized {
 		t.Fatalf("badly signed result: %d %s, want 401", code, body)
 	}
-	if got := entityLevel(t, srv, "device/hook-host"); got != "low" {
+	if got := srv.EntityLevel("device/hook-host"); got != "low" {
 		t.Fatalf("after the refused result device/hook-host is %q, want low", got)
 	}
 }
@@ -101,21 +98,4 @@ func postSigned(t *testing.T, client *http.Client, addr, secret, body string) (i
 		t.Fatal(err)
 	}
 	return resp.StatusCode, string(data)
-}
-
-// entityLevel returns name's level from vigilctl entities list -o json.
-func entityLevel(t *testing.T, srv *harness.Server, name string) string {
-	t.Helper()
-	var resp vigilpb.ListEntitiesResponse
-	out := srv.Ctl("entities", "list", "-o", "json")
-	if err := protojson.Unmarshal([]byte(out), &resp); err != nil {
-		t.Fatalf("entities list: %v\n%s", err, out)
-	}
-	for _, e := range resp.GetEntities() {
-		if e.GetName() == name {
-			return e.GetLevel()
-		}
-	}
-	t.Fatalf("entities list lacks %s:\n%s", name, out)
-	return ""
 }
