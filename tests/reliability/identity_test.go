@@ -105,7 +105,7 @@ func startRole(t *testing.T, cg *testenv.Cgroup, exe, argv0, role string, args .
 	t.Helper()
 	cmd := cg.Command(t, exe, "-test.run=^$")
 	cmd.Args[0] = argv0
-	cmd.Env = append(os.Environ(), "VIGIL_REL_ROLE="+role, "VIGIL_REL_ARGS="+strings.Join(args, " "))
+	cmd.Env = harness.RoleEnv(role, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -81,7 +81,7 @@ func (l *link) set(t *testing.T, state string) {
 func serveIn(t *testing.T, netns string, addrs ...string) {
 	t.Helper()
 	cmd := harness.InNetNS(netns, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "VIGIL_REL_ROLE=serve", "VIGIL_REL_ARGS="+strings.Join(addrs, " "))
+	cmd.Env = harness.RoleEnv("serve", addrs...)
 	p := harness.StartProc(t, t.TempDir()+"/serve.log", cmd)
 	harness.WaitFor(t, 10*time.Second, "listeners in "+netns, func() bool {
 		return strings.Contains(p.Output(), "listening")

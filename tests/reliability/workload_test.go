@@ -18,37 +18,20 @@ import (
 	"time"
 
 	"github.com/vigilsec/vigil/internal/testenv"
+	"github.com/vigilsec/vigil/tests/harness"
 )
 
-// The test binary doubles as the workload: started with VIGIL_REL_ROLE set
-// (inside a test cgroup, and a test network namespace where the scenario
-// needs one) it plays a role instead of running tests.
+// The test binary doubles as the workload: started in a role (inside a
+// test cgroup, and a test network namespace where the scenario needs one)
+// it plays that role instead of running tests.
 func init() {
-	role := os.Getenv("VIGIL_REL_ROLE")
-	if role == "" {
-		return
-	}
-	args := strings.Fields(os.Getenv("VIGIL_REL_ARGS"))
-	var err error
-	switch role {
-	case "loop":
-		err = connectLoop(args)
-	case "serve":
-		err = serveAndClose(args)
-	case "flood":
-		err = flood(args)
-	case "named":
-		err = renamedDial(args)
-	case "hold":
-		err = holdConn(args)
-	default:
-		err = fmt.Errorf("unknown role %q", role)
-	}
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	harness.RunRole(map[string]harness.Role{
+		"loop":  connectLoop,
+		"serve": serveAndClose,
+		"flood": flood,
+		"named": renamedDial,
+		"hold":  holdConn,
+	})
 }
 
 // Outcomes of one connect attempt as the loop reports them.
@@ -141,14 +124,7 @@ func flood(args []string) error {
 // netns is set, inside that network namespace.
 func workload(t *testing.T, cg *testenv.Cgroup, netns, role string, args ...string) *exec.Cmd {
 	t.Helper()
-	var cmd *exec.Cmd
-	if netns == "" {
-		cmd = cg.Command(t, os.Args[0], "-test.run=^$")
-	} else {
-		cmd = cg.Command(t, "nsenter", "--net=/run/netns/"+netns, "--", os.Args[0], "-test.run=^$")
-	}
-	cmd.Env = append(os.Environ(), "VIGIL_REL_ROLE="+role, "VIGIL_REL_ARGS="+strings.Join(args, " "))
-	return cmd
+	return harness.Workload(t, cg, netns, role, args...)
 }
 
 // loop is a running connectLoop whose outcomes are tallied.
