@@ -180,7 +180,10 @@ func connSummary(p *vigilpb.Process, conn *vigilpb.Connection) string {
 	}
 	verdict := enumName(conn.GetVerdict().String(), "VERDICT_")
 	rule := "default"
-	if conn.GetRuleId() != 0 {
+	switch {
+	case conn.GetRule() != "":
+		rule = "rule " + conn.GetRule()
+	case conn.GetRuleId() != 0:
 		rule = "rule " + strconv.Itoa(int(conn.GetRuleId()))
 	}
 	return fmt.Sprintf("%s %s %s (%s)", flow, enumName(conn.GetProtocol().String(), "PROTOCOL_"), verdict, rule)

@@ -44,6 +44,9 @@ type Engine interface {
 	Explain(req *vigilpb.ExplainRequest) (*vigilpb.ExplainResponse, error)
 	// Level returns an entity's current level.
 	Level(entity string) string
+	// RuleName returns the name of the running policy's rule with a compiled
+	// rule id, or "" when there is none.
+	RuleName(id uint32) string
 
 	// Cut records that an agent's connections to peer ("IP" or "IP:PORT")
 	// are cut: the peer joins the agent's table (cut_peers) and stays there,

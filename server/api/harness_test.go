@@ -90,6 +90,13 @@ func (e *fakeEngine) Explain(*vigilpb.ExplainRequest) (*vigilpb.ExplainResponse,
 }
 func (e *fakeEngine) Level(string) string { return "high" }
 
+func (e *fakeEngine) RuleName(id uint32) string {
+	if id == 7 {
+		return "no-telnet"
+	}
+	return ""
+}
+
 func (e *fakeEngine) Cut(_ context.Context, agent, peer string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

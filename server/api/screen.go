@@ -54,11 +54,15 @@ func (s *Server) screen(agent string, evs []*vigilpb.Event, now time.Time) store
 			continue
 		}
 		future := ev.GetTimeUnixNano() > now.Add(maxFuture).UnixNano()
-		if future || ev.GetFinding() != nil {
+		named := ev.GetConnection().GetRuleId() != 0 || ev.GetConnection().GetRule() != ""
+		if future || ev.GetFinding() != nil || named {
 			ev = proto.CloneOf(ev)
 			ev.Finding = nil
 			if future {
 				ev.TimeUnixNano = now.UnixNano()
+			}
+			if c := ev.GetConnection(); c != nil {
+				c.Rule = s.cfg.Engine.RuleName(c.GetRuleId())
 			}
 		}
 		b.Events = append(b.Events, ev)

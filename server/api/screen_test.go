@@ -60,3 +60,33 @@ func TestForgedServerEvents(t *testing.T) {
 		t.Errorf("refused policy events counted %v (err %v), want 1", m.GetCounter().GetValue(), err)
 	}
 }
+
+// TestConnectEventsNameTheirRule checks that a stored connection event
+// carries the name of the rule its id stands for, and that an agent cannot
+// put a name of its own there.
+func TestConnectEventsNameTheirRule(t *testing.T) {
+	ts := runServer(t, t.TempDir())
+	a := ts.connect(t, ts.enroll(t, "laptop"), "laptop")
+	a.next(t) // table
+
+	connect := func(seq uint64, ruleID uint32, rule string) *vigilpb.Event {
+		return &vigilpb.Event{Seq: seq, Kind: vigilpb.EventKind_EVENT_KIND_CONNECT,
+			Connection: &vigilpb.Connection{RuleId: ruleID, Rule: rule, Verdict: vigilpb.Verdict_VERDICT_DENY}}
+	}
+	evs := []*vigilpb.Event{connect(1, 7, ""), connect(2, 9, "forged"), connect(3, 0, "forged")}
+	a.send(t, &vigilpb.AgentMessage{Body: &vigilpb.AgentMessage_Events{Events: &vigilpb.EventBatch{Events: evs}}})
+	if got := a.next(t).GetEventsAck().GetSeq(); got != 3 {
+		t.Fatalf("ack %d, want 3", got)
+	}
+
+	resp, err := ts.admin(t, pki.RoleViewer).QueryEvents(context.Background(), &vigilpb.QueryEventsRequest{Agent: "laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64]string{1: "no-telnet", 2: "", 3: ""}
+	for _, ev := range resp.GetEvents() {
+		if got := ev.GetConnection().GetRule(); got != want[ev.GetSeq()] {
+			t.Errorf("event %d names rule %q, want %q", ev.GetSeq(), got, want[ev.GetSeq()])
+		}
+	}
+}

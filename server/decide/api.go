@@ -375,6 +375,19 @@ func (e *Engine) Level(entity string) string {
 	return e.book.Level(entity)
 }
 
+// RuleName returns the name of the running policy's rule with compiled id
+// id, or "" when there is none.
+func (e *Engine) RuleName(id uint32) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, r := range e.policy.Rules {
+		if r.ID == id {
+			return r.Name
+		}
+	}
+	return ""
+}
+
 // Cut adds peer ("IP" or "IP:PORT") to the agent's cut peers until Restore,
 // and pushes the table diff. The caller sends the cut instruction.
 func (e *Engine) Cut(ctx context.Context, agent, peer string) error {

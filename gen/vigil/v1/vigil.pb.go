@@ -2084,7 +2084,11 @@ type Connection struct {
 	// rule_id is the table rule that decided (0: the default verdict).
 	RuleId uint32 `protobuf:"varint,7,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
 	// inbound is true for connections accepted on this host.
-	Inbound       bool `protobuf:"varint,8,opt,name=inbound,proto3" json:"inbound,omitempty"`
+	Inbound bool `protobuf:"varint,8,opt,name=inbound,proto3" json:"inbound,omitempty"`
+	// rule is the name of the policy rule rule_id stands for, filled in by the
+	// server when it stores the event ("" for the default verdict or a rule
+	// the running policy no longer has).
+	Rule          string `protobuf:"bytes,9,opt,name=rule,proto3" json:"rule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2173,6 +2177,13 @@ func (x *Connection) GetInbound() bool {
 		return x.Inbound
 	}
 	return false
+}
+
+func (x *Connection) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
 }
 
 // Finding is a detection about an entity.
@@ -4779,7 +4790,7 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\texe_inode\x18\f \x01(\x04R\bexeInode\x12\x12\n" +
 	"\x04comm\x18\r \x01(\tR\x04comm\x12+\n" +
 	"\x11parent_executable\x18\x0e \x01(\tR\x10parentExecutable\x12\x10\n" +
-	"\x03gid\x18\x0f \x01(\rR\x03gid\"\xa8\x02\n" +
+	"\x03gid\x18\x0f \x01(\rR\x03gid\"\xbc\x02\n" +
 	"\n" +
 	"Connection\x12.\n" +
 	"\bprotocol\x18\x01 \x01(\x0e2\x12.vigil.v1.ProtocolR\bprotocol\x12#\n" +
@@ -4791,7 +4802,8 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"remotePort\x12+\n" +
 	"\averdict\x18\x06 \x01(\x0e2\x11.vigil.v1.VerdictR\averdict\x12\x17\n" +
 	"\arule_id\x18\a \x01(\rR\x06ruleId\x12\x18\n" +
-	"\ainbound\x18\b \x01(\bR\ainbound\"\xc0\x01\n" +
+	"\ainbound\x18\b \x01(\bR\ainbound\x12\x12\n" +
+	"\x04rule\x18\t \x01(\tR\x04rule\"\xc0\x01\n" +
 	"\aFinding\x12\x16\n" +
 	"\x06entity\x18\x01 \x01(\tR\x06entity\x12\x1a\n" +
 	"\bdetector\x18\x02 \x01(\tR\bdetector\x12\x1a\n" +
