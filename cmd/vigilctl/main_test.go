@@ -58,7 +58,7 @@ func newFixture(t *testing.T) *fixture {
 			{Seq: 1, Kind: vigilpb.EventKind_EVENT_KIND_CONNECT, Agent: "laptop-7", TimeUnixNano: 1700000000e9,
 				Process: &vigilpb.Process{Pid: 42, Executable: "/usr/bin/curl"},
 				Connection: &vigilpb.Connection{RemoteAddress: "10.0.0.9", RemotePort: 443,
-					Protocol: vigilpb.Protocol_PROTOCOL_TCP, Verdict: vigilpb.Verdict_VERDICT_DENY, RuleId: 3}},
+					Protocol: vigilpb.Protocol_PROTOCOL_TCP, Verdict: vigilpb.Verdict_VERDICT_DENY, RuleId: 3, Rule: "no-egress"}},
 			{Kind: vigilpb.EventKind_EVENT_KIND_LEVEL, Entity: "device/laptop-7", Message: "high -> low"},
 			{Kind: vigilpb.EventKind_EVENT_KIND_EXEC, Agent: "laptop-7", TimeUnixNano: 1700000001e9,
 				Process: &vigilpb.Process{Pid: 43, Uid: 1000, Executable: "/usr/bin/python3",
@@ -129,7 +129,7 @@ func TestListingsTable(t *testing.T) {
 			args: []string{"events"},
 			want: []string{
 				"TIME AGENT KIND EVENT",
-				nanoTime(1700000000e9) + " laptop-7 connect curl[42] -> 10.0.0.9:443 tcp deny (rule 3)",
+				nanoTime(1700000000e9) + " laptop-7 connect curl[42] -> 10.0.0.9:443 tcp deny (rule no-egress)",
 				"- server level device/laptop-7 high -> low",
 				nanoTime(1700000001e9) + ` laptop-7 exec python3[43] uid 1000 /usr/bin/python3 -c "import os\nos.exit(0)" -v`,
 			},
