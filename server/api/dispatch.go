@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -204,9 +205,11 @@ func instructionMsg(ins *vigilpb.Instruction) *vigilpb.ServerMessage {
 }
 
 func instructionEvent(agent string, ins *vigilpb.Instruction, ack *vigilpb.InstructionAck) *vigilpb.Event {
-	msg := fmt.Sprintf("instruction %d %s issued", ins.GetSeq(), ins.GetKind())
+	kind := enumWord(ins.GetKind().String(), "INSTRUCTION_KIND_")
+	msg := fmt.Sprintf("instruction %d %s issued", ins.GetSeq(), kind)
 	if ack != nil {
-		msg = fmt.Sprintf("instruction %d %s: %s", ins.GetSeq(), ins.GetKind(), ack.GetOutcome())
+		msg = fmt.Sprintf("instruction %d %s: %s", ins.GetSeq(), kind,
+			enumWord(ack.GetOutcome().String(), "INSTRUCTION_OUTCOME_"))
 		if ack.GetError() != "" {
 			msg += ": " + ack.GetError()
 		}
@@ -218,4 +221,10 @@ func instructionEvent(agent string, ins *vigilpb.Instruction, ack *vigilpb.Instr
 		Entity:       "device/" + agent,
 		Message:      msg,
 	}
+}
+
+// enumWord turns a protobuf enum name such as INSTRUCTION_KIND_KILL_ON_EXEC
+// into the word an operator reads, "kill-on-exec".
+func enumWord(name, prefix string) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, prefix)), "_", "-")
 }

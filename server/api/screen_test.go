@@ -90,3 +90,25 @@ func TestConnectEventsNameTheirRule(t *testing.T) {
 		}
 	}
 }
+
+func TestInstructionEventsReadAsWords(t *testing.T) {
+	ins := &vigilpb.Instruction{Seq: 4, Kind: vigilpb.InstructionKind_INSTRUCTION_KIND_KILL_ON_EXEC}
+	tests := []struct {
+		name string
+		ack  *vigilpb.InstructionAck
+		want string
+	}{
+		{"issued", nil, "instruction 4 kill-on-exec issued"},
+		{"done", &vigilpb.InstructionAck{Outcome: vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_DONE},
+			"instruction 4 kill-on-exec: done"},
+		{"failed", &vigilpb.InstructionAck{Outcome: vigilpb.InstructionOutcome_INSTRUCTION_OUTCOME_NOT_FOUND,
+			Error: "no such process"}, "instruction 4 kill-on-exec: not-found: no such process"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := instructionEvent("laptop", ins, tt.ack).GetMessage(); got != tt.want {
+				t.Errorf("message %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
