@@ -292,13 +292,18 @@ static __always_inline bool track_conn(const struct sock *sk, int newstate)
 
 	if (sk->sk_protocol != IPPROTO_TCP_NR)
 		return false;
+	if (newstate != TCP_CLOSE && newstate != TCP_ESTABLISHED_NR)
+		return false;
+	/* A socket keeps the cgroup it was created in, so one never tracked
+	 * (out of scope) needs no delete: the hook runs for every socket on
+	 * the host, and most are not ours. */
+	if (!cgroup_in_scope(sk->sk_cgrp_data.cgroup))
+		return false;
 	if (newstate == TCP_CLOSE) {
 		cookie = bpf_get_socket_cookie((void *)sk);
 		bpf_map_delete_elem(&scope_conns, &cookie);
 		return false;
 	}
-	if (newstate != TCP_ESTABLISHED_NR || !cgroup_in_scope(sk->sk_cgrp_data.cgroup))
-		return false;
 	conn_key_of(sk, &k);
 	cookie = bpf_get_socket_cookie((void *)sk);
 	bpf_map_update_elem(&scope_conns, &cookie, &k, BPF_ANY);
