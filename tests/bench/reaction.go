@@ -14,35 +14,13 @@ import (
 
 	"github.com/vigilsec/vigil/agent/dataplane"
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
+	"github.com/vigilsec/vigil/tests/scenario"
 )
 
-// Addresses of the reaction scenario's two hosts, both on loopback.
 const (
-	deviceAddr  = "127.0.0.3"
-	serviceAddr = "127.0.0.2"
+	deviceAddr  = scenario.DeviceAddr
+	serviceAddr = scenario.ServiceAddr
 )
-
-// reactionPolicy admits devices at medium or above to the service; a
-// device reported low loses it.
-const reactionPolicy = `version: 1
-levels: [untrusted, low, medium, high]
-defaults:
-  level: medium
-  traffic: allow
-  unknown_peers: deny
-services:
-  - name: crm
-    agents: [crm-host]
-    ports: [%d]
-    protocol: tcp
-    min_level: medium
-rules:
-  - name: devices-to-crm
-    action: allow
-    subjects:
-      - devices: ["*"]
-    services: [crm]
-`
 
 // Reaction is scenario 4, with the real binaries: a device agent and a
 // service agent, each in its own cgroup. It measures (p50, p99) a finding
@@ -137,7 +115,7 @@ func (e *Env) startReaction() (*reaction, error) {
 		return nil, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	if err := applyPolicy(rx.srv.admin, fmt.Sprintf(reactionPolicy, port)); err != nil {
+	if err := applyPolicy(rx.srv.admin, scenario.Policy(port, "")); err != nil {
 		return nil, err
 	}
 	if rx.device, err = e.NewCgroup(); err != nil {

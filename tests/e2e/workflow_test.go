@@ -18,34 +18,17 @@ import (
 	vigilpb "github.com/vigilsec/vigil/gen/vigil/v1"
 	"github.com/vigilsec/vigil/internal/testenv"
 	"github.com/vigilsec/vigil/tests/harness"
+	"github.com/vigilsec/vigil/tests/scenario"
 )
 
-// Addresses of the two hosts of the scenario. Both are loopback addresses,
-// so every packet stays on this machine.
 const (
-	deviceAddr  = "127.0.0.3"
-	serviceAddr = "127.0.0.2"
+	deviceAddr  = scenario.DeviceAddr
+	serviceAddr = scenario.ServiceAddr
 )
 
-const workflowPolicy = `version: 1
-levels: [untrusted, low, medium, high]
-defaults:
-  level: medium
-  traffic: allow
-  unknown_peers: deny
-services:
-  - name: crm
-    agents: [crm-host]
-    ports: [%d]
-    protocol: tcp
-    min_level: medium
-rules:
-  - name: devices-to-crm
-    action: allow
-    subjects:
-      - devices: ["*"]
-    services: [crm]
-protections:
+// threatIntelResponse kills, at once and at every later exec, a binary the
+// policy's own indicators name, and drops its device to low.
+const threatIntelResponse = `protections:
   - name: threat-intel-hit
     when:
       detectors: [threat-intel]
@@ -73,7 +56,7 @@ func TestWorkflow(t *testing.T) {
 	evil, evilHash := harness.UniqueBinary(t, "/usr/bin/sleep")
 	port := freePort(t, serviceAddr)
 	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
-	writeFile(t, policyFile, fmt.Sprintf(workflowPolicy, port, evilHash))
+	writeFile(t, policyFile, scenario.Policy(port, fmt.Sprintf(threatIntelResponse, evilHash)))
 
 	// Step 1: both hosts enroll; each agent protects its own cgroup.
 	deviceCg, serviceCg := testenv.NewCgroup(t), testenv.NewCgroup(t)
@@ -145,7 +128,7 @@ func TestWorkflow(t *testing.T) {
 	// An invalid policy is refused; the running one stays.
 	before := srv.Ctl("policy", "get")
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
-	writeFile(t, bad, strings.Replace(fmt.Sprintf(workflowPolicy, port, evilHash), "min_level: medium", "min_level: medum", 1))
+	writeFile(t, bad, strings.Replace(scenario.Policy(port, fmt.Sprintf(threatIntelResponse, evilHash)), "min_level: medium", "min_level: medum", 1))
 	out, err := srv.CtlErr("policy", "apply", "-f", bad)
 	if err == nil || !strings.Contains(out, "bad.yaml:") {
 		t.Errorf("invalid policy applied or error has no position: %v\n%s", err, out)
