@@ -357,7 +357,7 @@ func listen(t *testing.T, network, addr string) int {
 	t.Helper()
 	lis, err := net.Listen(network, addr)
 	if err != nil {
-		t.Skipf("listen %s: %v", addr, err)
+		testenv.SkipOrFail(t, "listen "+addr+": "+err.Error())
 	}
 	t.Cleanup(func() { lis.Close() })
 	go func() {

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vigilsec/vigil/internal/testenv"
 )
 
 // startSleeper starts a helper that sleeps in cg and returns it with its
@@ -86,7 +88,7 @@ func TestKillPidReuse(t *testing.T) {
 		_ = old.Wait()
 
 		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
-			t.Skipf("set ns_last_pid: %v", err)
+			testenv.SkipOrFail(t, "set ns_last_pid: "+err.Error())
 		}
 		reuser, _ := startSleeper(t, d, cg)
 		if reuser.Process.Pid != pid {
